@@ -1,0 +1,212 @@
+"""Command line: a thin mapping from flags to the Indexer and Retriever facades.
+
+Exit codes: 0 ok; 1 failed (nothing changed); 2 bad usage or input; 3 index run finished but
+some files could not be indexed (see `mgvr status`); 4 another index run holds the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mgvr.errors import EXIT_PARTIAL, MgvrError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Search your video collections by text. `mgvr index FOLDER` builds or updates an index; "
+         "`mgvr search \"QUERY\"` finds clips. Exit codes: 0 ok, 1 failed, 2 bad usage or input, "
+         "3 some files could not be indexed, 4 index locked by another run.")
+
+IndexPath = Annotated[Path | None, typer.Option(
+    "--index", help="Index directory. Default: $MGVR_INDEX, else the per-user data directory.",
+    show_default=False)]
+Device = Annotated[str | None, typer.Option(
+    help="torch device, e.g. cpu or cuda:0. Default: cuda when available, else cpu.")]
+
+SEARCH_SCHEMA = "mgvr.search/1"
+
+
+def _fail(error: MgvrError) -> typer.Exit:
+    typer.echo(f"mgvr: error: {error}", err=True)
+    return typer.Exit(error.exit_code)
+
+
+class _BarProgress:
+    """Progress bar on a terminal: files done, files/s and clips/s."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._bar = Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[rates]}"), TimeElapsedColumn(),
+                             transient=True)
+        self._task = None
+        self._clips = 0
+        self._files = 0
+        self._failed = 0
+        self._started = time.monotonic()
+
+    def start(self, files: int) -> None:
+        self._started = time.monotonic()
+        self._bar.start()
+        self._task = self._bar.add_task("index", total=files, rates="")
+
+    def advance(self, clips: int, failed: bool) -> None:
+        self._files += 1
+        self._clips += clips
+        self._failed += failed
+        seconds = max(time.monotonic() - self._started, 1e-6)
+        rates = (f"{self._files / seconds:.1f} files/s  {self._clips / seconds:.1f} clips/s"
+                 + (f"  {self._failed} failed" if self._failed else ""))
+        self._bar.update(self._task, advance=1, rates=rates)
+
+    def stop(self) -> None:
+        self._bar.stop()
+
+
+@app.command()
+def index(
+    folder: Annotated[Path, typer.Argument(help="Folder of videos, searched recursively.",
+                                           show_default=False)],
+    index_dir: IndexPath = None,
+    model: Annotated[str | None, typer.Option(
+        help="open_clip architecture (e.g. ViT-B-32, ViT-L-14), an architecture .json file, or "
+             "local-dir:PATH. Default for a new index: ViT-B-32; an existing index keeps its own.",
+        show_default=False)] = None,
+    pretrained: Annotated[str | None, typer.Option(
+        help="Pretrained tag (e.g. openai, laion2b_s34b_b79k), a local weights file, or 'none' "
+             "for random weights. Default: openai for ViT-B-32.", show_default=False)] = None,
+    frames: Annotated[int | None, typer.Option(
+        help="Frames sampled uniformly per clip (new index only). Default: 12.",
+        show_default=False)] = None,
+    clip_seconds: Annotated[float | None, typer.Option(
+        help="Videos longer than this are cut into consecutive equal clips of at most this "
+             "length (new index only). Default: 15.", show_default=False)] = None,
+    device: Device = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Parallel ffmpeg decoders. Default: CPU count, 2 to 8.", show_default=False)] = None,
+    decode_timeout: Annotated[float, typer.Option(
+        help="Seconds one ffmpeg or ffprobe call may take before the file is marked failed.")]
+        = 120.0,
+    retry_failed: Annotated[bool, typer.Option(
+        help="Retry files that failed before even if they did not change.")] = False,
+    wait: Annotated[float, typer.Option(
+        help="Seconds to wait for another index run on the same index (else exit 4 at once).")]
+        = 0.0,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress or summary; only failures are printed (for cron).")]
+        = False,
+) -> None:
+    """Index every video under FOLDER: new files are added, changed ones re-indexed, deleted
+    ones removed, unchanged ones skipped."""
+    from mgvr.indexer import Indexer, IndexOptions
+    from mgvr.storage.layout import default_index_dir
+
+    options = IndexOptions(model=model, pretrained=pretrained, frames_per_clip=frames,
+                           clip_seconds=clip_seconds, device=device,
+                           decode_timeout_s=decode_timeout, retry_failed=retry_failed,
+                           wait_s=wait)
+    if workers is not None:
+        if workers <= 0:
+            raise _fail_usage(f"--workers must be positive, not {workers}")
+        options = IndexOptions(**{**asdict(options), "workers": workers})
+    progress = _BarProgress() if not quiet and sys.stderr.isatty() else None
+    try:
+        summary = Indexer(default_index_dir(index_dir), options, progress).run(folder)
+    except MgvrError as e:
+        raise _fail(e) from None
+    for path, reason, detail in summary.failures:
+        typer.echo(f"mgvr: failed: {path}: {reason}: {detail}", err=True)
+    if not quiet:
+        typer.echo(summary.line())
+    if summary.failed:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _fail_usage(message: str) -> typer.Exit:
+    from mgvr.errors import UsageError
+
+    return _fail(UsageError(message))
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in words.", show_default=False)],
+    index_dir: IndexPath = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Hits to print.")] = 10,
+    rerank_depth: Annotated[int, typer.Option(
+        help="Candidates recalled by the coarse index and re-scored with frame features.")] = 50,
+    no_rerank: Annotated[bool, typer.Option(
+        "--no-rerank", help="Coarse order only (skip the fine rerank).")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help=f"Print JSON (schema {SEARCH_SCHEMA}, see README).")] = False,
+    device: Device = None,
+    model: Annotated[str | None, typer.Option(
+        help="Refuse to search unless the index was built with this model.",
+        show_default=False)] = None,
+    pretrained: Annotated[str | None, typer.Option(
+        help="Refuse to search unless the index was built with these weights.",
+        show_default=False)] = None,
+) -> None:
+    """Find the clips that best match QUERY: coarse recall, then fine rerank."""
+    from mgvr.retriever import Retriever
+    from mgvr.storage.layout import default_index_dir
+
+    try:
+        if limit <= 0:
+            raise _fail_usage(f"--limit must be positive, not {limit}")
+        if rerank_depth <= 0:
+            raise _fail_usage(f"--rerank-depth must be positive, not {rerank_depth}")
+        retriever = Retriever(default_index_dir(index_dir), device=device, model=model,
+                              pretrained=pretrained)
+        result = retriever.search(query, limit=limit, rerank_depth=rerank_depth,
+                                  rerank=not no_rerank)
+    except MgvrError as e:
+        raise _fail(e) from None
+    if result.query_truncated:
+        typer.echo(f"mgvr: note: query longer than the model's "
+                   f"{retriever.config.model.context_length} tokens; the rest was ignored",
+                   err=True)
+    if as_json:
+        typer.echo(json.dumps({
+            "schema": SEARCH_SCHEMA,
+            "query": query,
+            "query_truncated": result.query_truncated,
+            "reranked": not no_rerank,
+            "rerank_depth": rerank_depth,
+            "hits": [asdict(hit) for hit in result.hits],
+            "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
+        }, indent=2))
+        return
+    if not result.hits:
+        typer.echo("no clips indexed yet; run `mgvr index FOLDER` first")
+        return
+    for hit in result.hits:
+        typer.echo(f"{hit.rank:>3}  {hit.score:7.4f}  {_clock(hit.start_s)}-{_clock(hit.end_s)}"
+                   f"  best {_clock(hit.best_moment_s)}  {hit.path}")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(max(seconds, 0.0), 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Everything mgvr asks of ffmpeg: probing files, planning clips and decoding sampled frames.
+
+ffmpeg-python builds the decode command; both tools run as subprocesses with a timeout so a
+broken file can never hang a run. ffmpeg applies the model's resize and crop itself, so only
+S x S frames cross the pipe; ffmpeg also honours rotation metadata (autorotate is its default).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import ffmpeg
+import numpy as np
+
+from mgvr.errors import DecodeError, DecoderMissingError
+
+FFMPEG_ENV = "MGVR_FFMPEG"
+FFPROBE_ENV = "MGVR_FFPROBE"
+# Demuxers that read still images: a .jpg is decodable but is not a video.
+IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif_pipe",
+                 "tiff_pipe", "svg_pipe", "ppm_pipe", "pgm_pipe", "pam_pipe", "qoi_pipe"}
+STILL_CODECS = {"mjpeg", "png", "bmp", "gif", "webp", "tiff"}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    duration_s: float
+    width: int  # as displayed, after rotation
+    height: int
+    rotation: int  # degrees from the container's display matrix
+    codec: str
+
+
+@dataclass(frozen=True)
+class ClipSpan:
+    index: int
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class DecodedClip:
+    span: ClipSpan
+    frames: np.ndarray  # (n, S, S, 3) uint8 RGB, n <= frames per clip
+    frame_times: np.ndarray  # (n,) float32 seconds from the start of the video
+
+
+@dataclass(frozen=True)
+class FrameRecipe:
+    """How to turn a video frame into model input: S x S RGB, the model's resize rule."""
+
+    image_size: int
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+
+def tool(name: str) -> str:
+    env = FFMPEG_ENV if name == "ffmpeg" else FFPROBE_ENV
+    found = os.environ.get(env) or shutil.which(name)
+    if not found:
+        raise DecoderMissingError(
+            f"{name} not found on PATH; install FFmpeg (./setup.sh does, or `apt-get install "
+            f"ffmpeg` / `brew install ffmpeg`), or point ${env} at the binary")
+    return found
+
+
+def _run(command: list[str], path: str, timeout_s: float) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(command, capture_output=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise DecodeError(path, "timeout", f"{command[0]} took over {timeout_s:.0f}s") from e
+
+
+def _last_error_line(stderr: bytes) -> str:
+    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no error output"
+
+
+def probe(path: str, timeout_s: float) -> VideoInfo:
+    """Read duration, display size and rotation of the first video stream."""
+    if not os.access(path, os.R_OK):
+        raise DecodeError(path, "permission-denied", "file is not readable")
+    # ffmpeg.probe() has no timeout, so run ffprobe directly.
+    result = _run([tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format",
+                   "-show_streams", path], path, timeout_s)
+    if result.returncode != 0:
+        raise DecodeError(path, "corrupt", _last_error_line(result.stderr))
+    try:
+        data = json.loads(result.stdout)
+    except ValueError as e:
+        raise DecodeError(path, "corrupt", "ffprobe printed no readable description") from e
+    fmt = data.get("format", {})
+    if fmt.get("format_name") in IMAGE_FORMATS:
+        raise DecodeError(path, "not-a-video", f"a still image ({fmt.get('format_name')})")
+    streams = [s for s in data.get("streams", []) if s.get("codec_type") == "video"
+               and not s.get("disposition", {}).get("attached_pic")]
+    if not streams:
+        kinds = sorted({s.get("codec_type", "?") for s in data.get("streams", [])})
+        raise DecodeError(path, "no-video-stream",
+                          f"streams: {', '.join(kinds) or 'none'}; nothing to index")
+    stream = streams[0]
+    rotation = _rotation(stream)
+    width, height = int(stream.get("width") or 0), int(stream.get("height") or 0)
+    if rotation % 180:
+        width, height = height, width
+    duration = _float(fmt.get("duration")) or _float(stream.get("duration"))
+    if not duration:
+        duration = _duration_from_packets(path, timeout_s)
+    if stream.get("codec_name") in STILL_CODECS and not duration:
+        raise DecodeError(path, "not-a-video", "a single still picture")
+    if not duration or duration <= 0:
+        raise DecodeError(path, "zero-frames", "no video duration and no video packets")
+    return VideoInfo(duration, width, height, rotation, stream.get("codec_name", "?"))
+
+
+def _float(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _rotation(stream: dict) -> int:
+    for side_data in stream.get("side_data_list", []):
+        if "rotation" in side_data:
+            return int(round(float(side_data["rotation"]))) % 360
+    rotate = stream.get("tags", {}).get("rotate")
+    return int(rotate) % 360 if rotate else 0
+
+
+def _duration_from_packets(path: str, timeout_s: float) -> float | None:
+    """For streams whose container states no duration (some WebM/MKV): last packet end time."""
+    result = _run([tool("ffprobe"), "-v", "error", "-select_streams", "v:0", "-show_entries",
+                   "packet=pts_time,duration_time", "-of", "csv=p=0", path], path, timeout_s)
+    end = None
+    for line in result.stdout.decode(errors="replace").splitlines():
+        parts = [_float(x) for x in line.split(",")[:2]]
+        if parts and parts[0] is not None:
+            candidate = parts[0] + (parts[1] or 0.0) if len(parts) > 1 else parts[0]
+            end = candidate if end is None else max(end, candidate)
+    return end
+
+
+def plan_clips(duration_s: float, clip_seconds: float) -> list[ClipSpan]:
+    """One clip for short videos; otherwise ceil(duration / clip_seconds) equal consecutive clips
+    (equal lengths avoid a near-empty tail clip)."""
+    count = max(1, math.ceil(duration_s / clip_seconds - 1e-9))
+    length = duration_s / count
+    return [ClipSpan(i, i * length, (i + 1) * length) for i in range(count)]
+
+
+def sample_times(span: ClipSpan, frames: int) -> np.ndarray:
+    """Centres of `frames` equal segments of the clip (uniform sampling)."""
+    step = (span.end_s - span.start_s) / frames
+    return (span.start_s + step * (np.arange(frames) + 0.5)).astype(np.float32)
+
+
+def resize_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """open_clip's "shortest" resize then center crop, as torchvision computes them:
+    the long side is truncated, the crop offset rounded. Returns (new_w, new_h, x, y)."""
+    if width <= height:
+        new_w, new_h = size, int(size * height / width)
+    else:
+        new_w, new_h = int(size * width / height), size
+    return new_w, new_h, int(round((new_w - size) / 2)), int(round((new_h - size) / 2))
+
+
+@functools.cache
+def has_zscale() -> bool:
+    result = subprocess.run([tool("ffmpeg"), "-hide_banner", "-filters"], capture_output=True,
+                            timeout=30, stdin=subprocess.DEVNULL, check=False)
+    return b" zscale " in result.stdout
+
+
+def _resize(stream, width: int, height: int, interpolation: str):
+    """Resize an rgb24 stream like PIL does: with zimg, PIL's bicubic kernel (b=0, c=0.5),
+    horizontal pass then vertical pass, rounding to 8 bits in between as PIL does."""
+    if has_zscale() and interpolation == "bicubic":
+        kernel = {"filter": "bicubic", "param_a": 0, "param_b": 0.5}
+        return (stream.filter("zscale", w=width, h="ih", **kernel)
+                .filter("zscale", w=width, h=height, **kernel))
+    flags = interpolation if interpolation in ("bicubic", "bilinear", "neighbor") else "bicubic"
+    return stream.filter("scale", width, height, flags=flags)
+
+
+def frame_filter(stream, info: VideoInfo, recipe: FrameRecipe):
+    """Model-input frames: rgb24, S x S, resized as the model's own open_clip transform does."""
+    size = recipe.image_size
+    stream = stream.filter("format", "rgb24")
+    if recipe.resize_mode == "squash":
+        return _resize(stream, size, size, recipe.interpolation)
+    if recipe.resize_mode == "longest":
+        scale = size / max(info.width, info.height)
+        new_w, new_h = max(1, round(info.width * scale)), max(1, round(info.height * scale))
+        stream = _resize(stream, new_w, new_h, recipe.interpolation)
+        return stream.filter("pad", size, size, (size - new_w) // 2, (size - new_h) // 2)
+    new_w, new_h, x, y = resize_geometry(info.width, info.height, size)
+    stream = _resize(stream, new_w, new_h, recipe.interpolation)
+    return stream.filter("crop", size, size, x, y, exact=1)
+
+
+def decode_clip(path: str, info: VideoInfo, span: ClipSpan, frames: int, recipe: FrameRecipe,
+                timeout_s: float) -> DecodedClip:
+    """Decode `frames` frames sampled uniformly over the clip, resized for the model.
+
+    ffmpeg seeks to the first sample time, then its fps filter picks the frame nearest to each
+    later sample time, so variable frame rates and odd sizes need no special handling.
+    """
+    times = sample_times(span, frames)
+    step = (span.end_s - span.start_s) / frames
+    stream = ffmpeg.input(path, ss=f"{float(times[0]):.6f}").video
+    stream = stream.filter("fps", fps=f"{1.0 / step:.9f}", eof_action="pass")
+    stream = frame_filter(stream, info, recipe)
+    command = (stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=frames)
+               .global_args("-nostdin", "-v", "error")
+               .compile(cmd=tool("ffmpeg")))
+    result = _run(command, path, timeout_s)
+    size = recipe.image_size
+    frame_bytes = size * size * 3
+    count = len(result.stdout) // frame_bytes
+    if result.returncode != 0 and count == 0:
+        raise DecodeError(path, "corrupt", _last_error_line(result.stderr))
+    if count == 0:
+        raise DecodeError(path, "zero-frames",
+                          f"no frame decoded at {span.start_s:.1f}-{span.end_s:.1f}s")
+    pixels = np.frombuffer(result.stdout[:count * frame_bytes], np.uint8)
+    return DecodedClip(span, pixels.reshape(count, size, size, 3), times[:count])

@@ -1,0 +1,112 @@
+"""Walk a folder, pick the files that may be videos, and diff them against the catalog.
+
+Only `stat` is used for files seen before, so an unchanged corpus is checked without decoding.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mgvr.storage.catalog import Catalog, VideoRecord
+
+VIDEO_EXTENSIONS = {
+    ".mp4", ".m4v", ".mov", ".qt", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".mpe", ".m2v",
+    ".ts", ".mts", ".m2ts", ".wmv", ".asf", ".flv", ".f4v", ".3gp", ".3g2", ".ogv", ".ogg",
+    ".vob", ".mxf", ".dv", ".rm", ".rmvb", ".nut", ".y4m", ".divx", ".h264", ".hevc", ".265",
+}
+# Leading bytes of container formats, for video files whose name has no telling extension.
+_MAGIC = (
+    (4, b"ftyp"),  # MP4 / MOV / 3GP
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
+    (0, b"\x00\x00\x01\xba"),  # MPEG program stream
+    (0, b"FLV"),
+    (0, b"OggS"),
+    (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"),  # ASF / WMV
+    (0, b"YUV4MPEG2"),
+)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # absolute
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Plan:
+    new: list[FileEntry] = field(default_factory=list)
+    changed: list[FileEntry] = field(default_factory=list)
+    retried: list[FileEntry] = field(default_factory=list)
+    unchanged: int = 0
+    skipped_failed: int = 0
+    removed: list[VideoRecord] = field(default_factory=list)
+    unreadable_dirs: list[str] = field(default_factory=list)
+
+    @property
+    def to_index(self) -> list[FileEntry]:
+        return self.new + self.changed + self.retried
+
+
+def _sniff(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(189)
+    except OSError:
+        return False
+    if head[:1] == b"\x47" and head[188:189] == b"\x47":  # MPEG-TS: a sync byte every 188
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return True
+    return any(head[offset:offset + len(magic)] == magic for offset, magic in _MAGIC)
+
+
+def is_candidate(path: str) -> bool:
+    """Worth probing: a video extension, or container magic bytes at the start of the file."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS or _sniff(path)
+
+
+def walk(root: Path, unreadable_dirs: list[str]) -> Iterator[FileEntry]:
+    """Regular files under root (symlinked files followed, symlinked folders not: no loops)."""
+    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: unreadable_dirs.append(
+            f"{e.filename}: {e.strerror}")):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                info = os.stat(path)
+            except OSError:  # broken symlink or vanished file
+                continue
+            if stat.S_ISREG(info.st_mode):
+                yield FileEntry(path, info.st_size, info.st_mtime_ns)
+
+
+def plan(root: Path, catalog: Catalog, retry_failed: bool = False) -> Plan:
+    result = Plan()
+    known = catalog.videos_under(str(root))
+    seen: set[str] = set()
+    for entry in walk(root, result.unreadable_dirs):
+        record = known.get(entry.path)
+        if record is None:
+            if is_candidate(entry.path):
+                result.new.append(entry)
+            continue
+        seen.add(entry.path)
+        same = record.size == entry.size and record.mtime_ns == entry.mtime_ns
+        if not same:
+            result.changed.append(entry)
+        elif record.status == "failed":
+            if retry_failed:
+                result.retried.append(entry)
+            else:
+                result.skipped_failed += 1
+        else:
+            result.unchanged += 1
+    result.removed = [record for path, record in known.items() if path not in seen]
+    return result

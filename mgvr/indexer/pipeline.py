@@ -1,0 +1,354 @@
+"""The index run: discover -> probe -> decode (threads running ffmpeg) -> encode -> write.
+
+Decoding happens in ffmpeg subprocesses, so threads give real parallelism here; an ordered,
+bounded window of in-flight clips keeps memory flat however long the corpus is.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from mgvr.config import (
+    DEFAULT_CLIP_SECONDS,
+    DEFAULT_FRAMES,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    IndexConfig,
+)
+from mgvr.errors import DecodeError, IncompatibleIndexError, UsageError
+from mgvr.indexer import decode, discover
+from mgvr.indexer.writer import EncodedClip, IndexWriter, remove_orphans
+from mgvr.model.clip import ClipEncoder, load_for_index
+from mgvr.storage.catalog import Catalog
+from mgvr.storage.coarse import CoarseIndex
+from mgvr.storage.layout import IndexLayout
+from mgvr.storage.lock import WriterLock
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    model: str | None = None  # None: the index's model, or ViT-B-32 for a new index
+    pretrained: str | None = None
+    frames_per_clip: int | None = None
+    clip_seconds: float | None = None
+    device: str | None = None
+    workers: int = max(2, min(8, os.cpu_count() or 2))
+    decode_timeout_s: float = 120.0
+    commit_every_clips: int = 2000
+    commit_every_s: float = 120.0
+    retry_failed: bool = False
+    wait_s: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    root: str
+    indexed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    skipped_failed: int = 0
+    removed: int = 0
+    clips_added: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # path, reason, detail
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def line(self) -> str:
+        text = (f"indexed {self.indexed} files ({self.clips_added} clips), unchanged "
+                f"{self.unchanged}, removed {self.removed}, failed {self.failed}")
+        if self.skipped_failed:
+            text += f" (+{self.skipped_failed} failed earlier, not retried)"
+        return text + f" in {self.seconds:.1f}s"
+
+
+class Progress(Protocol):
+    def start(self, files: int) -> None: ...
+    def advance(self, clips: int, failed: bool) -> None: ...
+    def stop(self) -> None: ...
+
+
+class NoProgress:
+    def start(self, files: int) -> None:
+        pass
+
+    def advance(self, clips: int, failed: bool) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ClipTask:
+    entry: discover.FileEntry
+    info: decode.VideoInfo | None = None
+    span: decode.ClipSpan | None = None
+    clip_count: int = 0
+    error: DecodeError | None = None
+    decoded: decode.DecodedClip | None = None
+
+
+def ordered_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T],
+                window: int) -> Iterator[R]:
+    """pool.map that keeps at most `window` items in flight and yields results in order."""
+    in_flight: deque = deque()
+    for item in items:
+        in_flight.append(pool.submit(fn, item))
+        if len(in_flight) >= window:
+            yield in_flight.popleft().result()
+    while in_flight:
+        yield in_flight.popleft().result()
+
+
+def validate_root(root: Path) -> Path:
+    if not root.exists():
+        raise UsageError(f"{root}: no such folder; pass the folder that holds your videos")
+    if not root.is_dir():
+        raise UsageError(f"{root}: not a folder; pass the folder that holds your videos")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise UsageError(f"{root}: permission denied; make it readable by this user")
+    return root.resolve()
+
+
+def check_counts(frames: int | None, clip_seconds: float | None) -> None:
+    if frames is not None and frames <= 0:
+        raise UsageError(f"--frames must be a positive number of frames per clip, not {frames}")
+    if clip_seconds is not None and clip_seconds <= 0:
+        raise UsageError(f"--clip-seconds must be positive, not {clip_seconds}")
+
+
+class Indexer:
+    """Brings an index up to date with a folder: new, changed and deleted files."""
+
+    def __init__(self, index_dir: Path, options: IndexOptions = IndexOptions(),
+                 progress: Progress | None = None) -> None:
+        check_counts(options.frames_per_clip, options.clip_seconds)
+        self.layout = IndexLayout(index_dir)
+        self.options = options
+        self.progress = progress or NoProgress()
+        self._encoder: ClipEncoder | None = None
+
+    def run(self, root: Path) -> RunSummary:
+        root = validate_root(Path(root))
+        started = time.monotonic()
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        with WriterLock(self.layout.lock, self.options.wait_s):
+            catalog = Catalog(self.layout.catalog)
+            try:
+                return self._run_locked(root, catalog, started)
+            finally:
+                catalog.close()
+
+    def _run_locked(self, root: Path, catalog: Catalog, started: float) -> RunSummary:
+        remove_orphans(self.layout, catalog)
+        plan = discover.plan(root, catalog, self.options.retry_failed)
+        summary = RunSummary(str(root), unchanged=plan.unchanged,
+                             skipped_failed=plan.skipped_failed, removed=len(plan.removed))
+        if not plan.to_index and not plan.removed and not plan.unchanged \
+                and not plan.skipped_failed:
+            raise UsageError(f"{root}: no video files found (by extension such as .mp4 .mkv "
+                             ".webm .mov .avi, or by container signature); check the folder")
+        run_id = catalog.start_run(str(root))
+        config = self._config(catalog)
+        coarse = self._load_coarse(catalog, config)
+        writer = IndexWriter(self.layout, catalog, config, coarse)
+        try:
+            for record in plan.removed:
+                writer.remove(record.path)
+            if plan.to_index:
+                self._index_files(plan.to_index, config, writer, summary)
+            writer.commit()
+        finally:
+            writer.abort()
+        summary.clips_added = writer.clips_added
+        summary.seconds = time.monotonic() - started
+        catalog.finish_run(run_id, summary.indexed, summary.unchanged, summary.failed,
+                           summary.removed, summary.clips_added)
+        return summary
+
+    # model and config -------------------------------------------------------------------------
+    def _config(self, catalog: Catalog) -> IndexConfig:
+        opts = self.options
+        if self.layout.config.is_file():
+            config = IndexConfig.load(self.layout.root)
+            asked = {"--model": (opts.model, config.model.name),
+                     "--pretrained": (opts.pretrained, config.model.pretrained),
+                     "--frames": (opts.frames_per_clip, config.frames_per_clip),
+                     "--clip-seconds": (opts.clip_seconds, config.clip_seconds)}
+            for flag, (wanted, built) in asked.items():
+                if wanted is not None and str(wanted) != str(built) and not (
+                        flag == "--model" and wanted.endswith(".json")
+                        and Path(wanted).stem == built):
+                    raise IncompatibleIndexError(
+                        f"{self.layout.root}: this index was built with {flag} {built}, not "
+                        f"{wanted}; drop the flag, or use another --index for a new index")
+            return config
+        if catalog.generation() != 0:
+            raise IncompatibleIndexError(f"{self.layout.config}: missing while the catalog has "
+                                         "data; run `mgvr verify --repair` or re-index")
+        encoder = self._encoder_for_new_index()
+        config = IndexConfig(model=encoder.identity,
+                             frames_per_clip=opts.frames_per_clip or DEFAULT_FRAMES,
+                             clip_seconds=opts.clip_seconds or DEFAULT_CLIP_SECONDS)
+        config.save(self.layout.root)
+        return config
+
+    def _encoder_for_new_index(self) -> ClipEncoder:
+        model = self.options.model or DEFAULT_MODEL
+        pretrained = self.options.pretrained
+        if pretrained is None and self.options.model is None:
+            pretrained = DEFAULT_PRETRAINED
+        self._encoder = ClipEncoder.load(model, pretrained, self.options.device)
+        return self._encoder
+
+    def _encoder_for(self, config: IndexConfig) -> ClipEncoder:
+        if self._encoder is None:
+            self._encoder = load_for_index(config.model, self.options.device)
+        return self._encoder
+
+    def _load_coarse(self, catalog: Catalog, config: IndexConfig) -> CoarseIndex:
+        generation = catalog.generation()
+        if generation == 0:
+            return CoarseIndex.empty(config.model.embed_dim)
+        return CoarseIndex.load(self.layout.coarse(generation), config.model.embed_dim)
+
+    # the pipeline -------------------------------------------------------------------------------
+    def _index_files(self, entries: list[discover.FileEntry], config: IndexConfig,
+                     writer: IndexWriter, summary: RunSummary) -> None:
+        encoder = self._encoder_for(config)
+        recipe = decode.FrameRecipe(encoder.preprocess.image_size,
+                                    encoder.preprocess.interpolation,
+                                    encoder.preprocess.resize_mode)
+        frames = config.frames_per_clip
+        timeout = self.options.decode_timeout_s
+        workers = self.options.workers
+        timings = {"decode_wait": 0.0, "encode": 0.0, "write": 0.0}
+
+        def probe(entry: discover.FileEntry) -> ClipTask:
+            try:
+                return ClipTask(entry, info=decode.probe(entry.path, timeout))
+            except DecodeError as e:
+                return ClipTask(entry, error=e)
+
+        def clip_tasks() -> Iterator[ClipTask]:
+            with ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="probe") as pool:
+                for task in ordered_map(pool, probe, entries, window=workers * 2):
+                    if task.error or task.info is None:
+                        yield task
+                        continue
+                    spans = decode.plan_clips(task.info.duration_s, config.clip_seconds)
+                    for span in spans:
+                        yield replace(task, span=span, clip_count=len(spans))
+
+        def decode_task(task: ClipTask) -> ClipTask:
+            if task.error or task.span is None:
+                return task
+            try:
+                return replace(task, decoded=decode.decode_clip(
+                    task.entry.path, task.info, task.span, frames, recipe, timeout))
+            except DecodeError as e:
+                return replace(task, error=e)
+
+        assembly = _Assembly(writer, summary, self.progress)
+        batch: list[ClipTask] = []
+        batch_frames = 0
+        self.progress.start(len(entries))
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+                results = ordered_map(pool, decode_task, clip_tasks(), window=workers * 4)
+                while True:
+                    waited = time.perf_counter()
+                    task = next(results, None)
+                    timings["decode_wait"] += time.perf_counter() - waited
+                    if task is None:
+                        break
+                    if task.error is not None:
+                        assembly.fail(task)
+                        continue
+                    batch.append(task)
+                    batch_frames += len(task.decoded.frames)
+                    if batch_frames >= encoder.frame_batch_size():
+                        self._encode_batch(encoder, batch, assembly, timings)
+                        batch, batch_frames = [], 0
+                self._encode_batch(encoder, batch, assembly, timings)
+        finally:
+            self.progress.stop()
+        summary.stage_seconds = timings
+
+    def _encode_batch(self, encoder: ClipEncoder, batch: list[ClipTask], assembly: _Assembly,
+                      timings: dict[str, float]) -> None:
+        batch = [task for task in batch if not assembly.has_failed(task.entry.path)]
+        if not batch:
+            return
+        started = time.perf_counter()
+        features = encoder.encode_frames(np.concatenate([t.decoded.frames for t in batch]))
+        features = features.numpy()
+        timings["encode"] += time.perf_counter() - started
+        started = time.perf_counter()
+        offset = 0
+        for task in batch:
+            count = len(task.decoded.frames)
+            clip_features = features[offset:offset + count]
+            offset += count
+            coarse = clip_features.mean(axis=0)
+            coarse /= max(float(np.linalg.norm(coarse)), 1e-12)
+            assembly.add(task, EncodedClip(task.span.index, task.span.start_s, task.span.end_s,
+                                           task.decoded.frame_times, clip_features, coarse))
+        self._maybe_commit(assembly.writer)
+        timings["write"] += time.perf_counter() - started
+
+    def _maybe_commit(self, writer: IndexWriter) -> None:
+        due = (writer.staged_clips >= self.options.commit_every_clips
+               or time.monotonic() - writer.last_commit >= self.options.commit_every_s)
+        if due:
+            writer.commit()
+
+
+class _Assembly:
+    """Collects the encoded clips of each file and hands complete files to the writer."""
+
+    def __init__(self, writer: IndexWriter, summary: RunSummary, progress: Progress) -> None:
+        self.writer = writer
+        self.summary = summary
+        self.progress = progress
+        self._clips: dict[str, list[EncodedClip]] = {}
+        self._failed: set[str] = set()
+
+    def has_failed(self, path: str) -> bool:
+        return path in self._failed
+
+    def fail(self, task: ClipTask) -> None:
+        path = task.entry.path
+        if path in self._failed:
+            return
+        self._failed.add(path)
+        self._clips.pop(path, None)
+        error = task.error
+        self.writer.fail(path, task.entry.size, task.entry.mtime_ns, error.reason, error.detail)
+        self.summary.failed += 1
+        self.summary.failures.append((path, error.reason, error.detail))
+        self.progress.advance(0, failed=True)
+
+    def add(self, task: ClipTask, clip: EncodedClip) -> None:
+        path = task.entry.path
+        clips = self._clips.setdefault(path, [])
+        clips.append(clip)
+        if len(clips) == task.clip_count:
+            del self._clips[path]
+            info = task.info
+            self.writer.add(path, task.entry.size, task.entry.mtime_ns, clips, info.duration_s,
+                            info.width, info.height)
+            self.summary.indexed += 1
+            self.progress.advance(len(clips), failed=False)

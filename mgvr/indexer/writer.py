@@ -1,0 +1,145 @@
+"""IndexWriter: stages file outcomes and commits them as one new generation.
+
+A commit closes the open Parquet part, writes the next FAISS generation beside the current one,
+then makes both current in one SQLite transaction. Until that transaction, readers and a
+restarted run see the previous generation only; files of an unfinished commit are orphans that
+`remove_orphans` deletes at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from mgvr.config import IndexConfig
+from mgvr.storage.catalog import Catalog, NewClip, VideoUpdate
+from mgvr.storage.coarse import CoarseIndex
+from mgvr.storage.fine import FinePartWriter, FineRow
+from mgvr.storage.layout import IndexLayout
+
+KEEP_PREVIOUS_GENERATIONS = 1  # readers that opened the previous generation keep working
+
+
+@dataclass(frozen=True)
+class EncodedClip:
+    index: int
+    start_s: float
+    end_s: float
+    frame_times: np.ndarray  # (n,) float32
+    features: np.ndarray  # (n, D) float32, normalised
+    coarse: np.ndarray  # (D,) float32, normalised
+
+
+def remove_orphans(layout: IndexLayout, catalog: Catalog) -> None:
+    """Delete what a killed run left behind: uncommitted parts and generations, temp files."""
+    current = catalog.generation()
+    for generation in layout.coarse_generations():
+        if generation > current:
+            layout.coarse(generation).unlink(missing_ok=True)
+    for tmp in layout.root.glob("*.tmp"):
+        tmp.unlink(missing_ok=True)
+    if layout.fine_dir.is_dir():
+        committed = catalog.part_names()
+        for path in layout.fine_dir.iterdir():
+            if path.name not in committed:
+                path.unlink(missing_ok=True)
+
+
+class IndexWriter:
+    def __init__(self, layout: IndexLayout, catalog: Catalog, config: IndexConfig,
+                 coarse: CoarseIndex) -> None:
+        self.layout = layout
+        self.catalog = catalog
+        self.config = config
+        self.coarse = coarse
+        self.next_clip_id = catalog.next_clip_id()
+        self._part: FinePartWriter | None = None
+        self._part_name: str | None = None
+        self._removals: list[str] = []
+        self._updates: list[VideoUpdate] = []
+        self.clips_added = 0
+        self.staged_clips = 0
+        self.last_commit = time.monotonic()
+
+    def _drop_existing(self, path: str) -> None:
+        """Take a file's old clips out of the coarse index now; the catalog rows go at commit."""
+        clip_ids = self.catalog.clip_ids_of(path)
+        if clip_ids is not None:
+            self.coarse.remove(clip_ids)
+            self._removals.append(path)
+
+    def remove(self, path: str) -> None:
+        self._drop_existing(path)
+
+    def fail(self, path: str, size: int, mtime_ns: int, reason: str, error: str) -> None:
+        self._drop_existing(path)
+        self._updates.append(VideoUpdate(path, size, mtime_ns, "failed", reason=reason,
+                                         error=error))
+
+    def add(self, path: str, size: int, mtime_ns: int, clips: list[EncodedClip],
+            duration_s: float, width: int, height: int) -> None:
+        self._drop_existing(path)
+        part = self._open_part()
+        new_clips = []
+        for clip in clips:
+            clip_id = self.next_clip_id
+            self.next_clip_id += 1
+            row = part.append(FineRow(clip_id, clip.frame_times, clip.features.astype(np.float16),
+                                      clip.coarse))
+            new_clips.append(NewClip(clip_id, clip.index, clip.start_s, clip.end_s,
+                                     len(clip.frame_times), self._part_name, row))
+        self.coarse.add(np.array([c.id for c in new_clips], np.int64),
+                        np.stack([clip.coarse for clip in clips]))
+        self._updates.append(VideoUpdate(path, size, mtime_ns, "indexed", tuple(new_clips),
+                                         duration_s=duration_s, width=width, height=height))
+        self.staged_clips += len(new_clips)
+
+    def _open_part(self) -> FinePartWriter:
+        if self._part is None:
+            self._part_name = self.layout.fine_part_name(self.catalog.next_part_number())
+            self._part = FinePartWriter(self.layout.fine_part(self._part_name),
+                                        {"model": self.config.model.describe(),
+                                         "weights_sha256": self.config.model.weights_sha256,
+                                         "dim": self.config.model.embed_dim})
+        return self._part
+
+    def pending(self) -> bool:
+        return bool(self._removals or self._updates)
+
+    def commit(self) -> None:
+        """Make everything staged durable and visible as the next generation."""
+        if not self.pending():
+            return
+        part_rows = 0
+        if self._part is not None:
+            self._part.close()
+            part_rows = self._part.rows
+        generation = self.catalog.generation() + 1
+        self.coarse.save(self.layout.coarse(generation))
+        with self.catalog.transaction():
+            for path in self._removals:
+                self.catalog.remove_video(path)
+            if self._part is not None:
+                self.catalog.add_part(self._part_name, part_rows)
+            for update in self._updates:
+                self.catalog.apply(update)
+            self.catalog.set_next_clip_id(self.next_clip_id)
+            self.catalog.set_generation(generation)
+        for old in self.layout.coarse_generations():
+            if old < generation - KEEP_PREVIOUS_GENERATIONS:
+                self.layout.coarse(old).unlink(missing_ok=True)
+        self.clips_added += self.staged_clips
+        self.staged_clips = 0
+        self._part = None
+        self._part_name = None
+        self._removals.clear()
+        self._updates.clear()
+        self.last_commit = time.monotonic()
+
+    def abort(self) -> None:
+        if self._part is not None:
+            with contextlib.suppress(Exception):
+                self._part.abort()

@@ -1,0 +1,53 @@
+"""Second stage: fetch the candidates' frame features and order them by the EERCF fine score."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mgvr.model.scoring import RerankWeights, rerank_score
+from mgvr.storage.fine import FineRow
+
+
+@dataclass(frozen=True)
+class FineCandidates:
+    """Padded frame features of candidate clips, ready for the scoring functions."""
+
+    clip_ids: np.ndarray  # (N,)
+    coarse: torch.Tensor  # (N, D)
+    frames: torch.Tensor  # (N, F, D)
+    mask: torch.Tensor  # (N, F) bool
+    frame_times: np.ndarray  # (N, F) float32, NaN where padded
+
+
+def stack_rows(rows: list[FineRow], device: torch.device) -> FineCandidates:
+    width = max(len(row.frame_times) for row in rows)
+    dim = rows[0].features.shape[1]
+    frames = np.zeros((len(rows), width, dim), np.float32)
+    mask = np.zeros((len(rows), width), bool)
+    times = np.full((len(rows), width), np.nan, np.float32)
+    for i, row in enumerate(rows):
+        n = len(row.frame_times)
+        frames[i, :n] = row.features
+        mask[i, :n] = True
+        times[i, :n] = row.frame_times
+    return FineCandidates(
+        clip_ids=np.array([row.clip_id for row in rows], np.int64),
+        coarse=torch.from_numpy(np.stack([row.coarse for row in rows])).to(device),
+        frames=torch.from_numpy(frames).to(device),
+        mask=torch.from_numpy(mask).to(device),
+        frame_times=times,
+    )
+
+
+def score_candidates(text: torch.Tensor, candidates: FineCandidates,
+                     weights: RerankWeights = RerankWeights()) -> tuple[np.ndarray, np.ndarray]:
+    """(D,) text -> fine scores (N,) and each clip's best-matching moment (N,) in seconds."""
+    query = text.to(candidates.frames.device).unsqueeze(0)
+    scores, gate = rerank_score(query, candidates.coarse, candidates.frames, candidates.frames,
+                                candidates.mask, weights)
+    best_frame = gate[0].argmax(dim=1).cpu().numpy()
+    moments = candidates.frame_times[np.arange(len(best_frame)), best_frame]
+    return scores[0].cpu().numpy(), moments
