@@ -61,6 +61,8 @@ class IndexConfig:
         path = index_dir / CONFIG_FILENAME
         try:
             data = json.loads(path.read_text())
+            if not isinstance(data, dict) or "format_version" not in data:
+                raise ValueError("no format_version")
             if data.get("format_version") != FORMAT_VERSION:
                 raise IncompatibleIndexError(
                     f"{path}: index format {data.get('format_version')} is not the format "

@@ -78,9 +78,9 @@ def _run(command: list[str], path: str, timeout_s: float) -> subprocess.Complete
         raise DecodeError(path, "timeout", f"{command[0]} took over {timeout_s:.0f}s") from e
 
 
-def _last_error_line(stderr: bytes) -> str:
+def _last_error_line(stderr: bytes, path: str) -> str:
     lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no error output"
+    return lines[-1].replace(f"{path}: ", "")[:300] if lines else "no error output"
 
 
 def probe(path: str, timeout_s: float) -> VideoInfo:
@@ -91,7 +91,7 @@ def probe(path: str, timeout_s: float) -> VideoInfo:
     result = _run([tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format",
                    "-show_streams", path], path, timeout_s)
     if result.returncode != 0:
-        raise DecodeError(path, "corrupt", _last_error_line(result.stderr))
+        raise DecodeError(path, "corrupt", _last_error_line(result.stderr, path))
     try:
         data = json.loads(result.stdout)
     except ValueError as e:
@@ -227,7 +227,7 @@ def decode_clip(path: str, info: VideoInfo, span: ClipSpan, frames: int, recipe:
     frame_bytes = size * size * 3
     count = len(result.stdout) // frame_bytes
     if result.returncode != 0 and count == 0:
-        raise DecodeError(path, "corrupt", _last_error_line(result.stderr))
+        raise DecodeError(path, "corrupt", _last_error_line(result.stderr, path))
     if count == 0:
         raise DecodeError(path, "zero-frames",
                           f"no frame decoded at {span.start_s:.1f}-{span.end_s:.1f}s")

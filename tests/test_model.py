@@ -1,0 +1,66 @@
+"""Real open_clip code on a tiny architecture; model resolution and its error messages."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mgvr.errors import IncompatibleIndexError, ModelLoadError, UsageError
+from mgvr.model import weights
+from mgvr.model.clip import ClipEncoder, load_for_index
+
+
+def test_tiny_model_encodes_normalised_vectors(tiny_model, tiny_weights):
+    encoder = ClipEncoder.load(tiny_model["model"], tiny_model["pretrained"], "cpu")
+    identity = encoder.identity
+    assert (identity.name, identity.embed_dim, identity.image_size) == ("mgvr-test-tiny", 64, 64)
+    assert identity.weights_sha256 == weights.file_sha256(tiny_weights)
+    assert identity.architecture["embed_dim"] == 64  # saved so search can rebuild the model
+    frames = np.random.default_rng(0).integers(0, 255, (70, 64, 64, 3), dtype=np.uint8)
+    features = encoder.encode_frames(frames)
+    assert features.shape == (70, 64)
+    assert torch.allclose(features.norm(dim=1), torch.ones(70), atol=1e-5)
+    one_by_one = torch.cat([encoder.encode_frames(frames[i:i + 1]) for i in range(3)])
+    assert torch.allclose(one_by_one, features[:3], atol=1e-5)  # batching changes nothing
+    text, truncated = encoder.encode_texts(["a man cooking", "word " * 200])
+    assert text.shape == (2, 64) and truncated == [False, True]
+    with pytest.raises(UsageError, match="empty query"):
+        encoder.encode_texts(["   "])
+
+
+def test_random_init_is_reproducible_and_weights_are_checked(tiny_model, tiny_weights, tmp_path):
+    first = ClipEncoder.load(tiny_model["model"], "none", "cpu").identity
+    second = ClipEncoder.load(tiny_model["model"], "none", "cpu").identity
+    assert first.weights_sha256 == second.weights_sha256 != weights.file_sha256(tiny_weights)
+    assert load_for_index(first, "cpu").identity.weights_sha256 == first.weights_sha256
+    changed = tmp_path / "changed.pt"
+    state = torch.load(tiny_weights)
+    state["logit_scale"] = state["logit_scale"] + 1
+    torch.save(state, changed)
+    built = ClipEncoder.load(tiny_model["model"], str(changed), "cpu").identity
+    state["logit_scale"] = state["logit_scale"] + 1
+    torch.save(state, changed)  # the file changes after the index was built
+    with pytest.raises(IncompatibleIndexError, match="changed since the index was built"):
+        load_for_index(built, "cpu")
+
+
+@pytest.mark.parametrize(("model", "pretrained", "message"), [
+    ("ViT-Nope-99", "openai", "unknown model 'ViT-Nope-99'; choose one of"),
+    ("ViT-B-32", "no_such_tag", "neither a pretrained tag of ViT-B-32 \\(openai"),
+    ("ViT-B-32", "/missing/weights.pt", "nor an existing weights file"),
+    ("/missing/arch.json", None, "cannot read model config"),
+    ("local-dir:/missing/dir", None, "no open_clip_config.json"),
+])
+def test_bad_model_choices_are_explained(model, pretrained, message):
+    with pytest.raises(UsageError, match=message):
+        ClipEncoder.load(model, pretrained, "cpu")
+
+
+def test_uncached_weights_without_network_fail_fast(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(weights, "HUB_HOST", "192.0.2.1")  # TEST-NET-1: never answers
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError, match="not cached and 192.0.2.1 is unreachable.*--pretrained"):
+        ClipEncoder.load("ViT-B-32", "openai", "cpu")
+    assert time.monotonic() - started < weights.HUB_PROBE_SECONDS + 10  # not a retry loop
