@@ -5,9 +5,9 @@ import os
 import shutil
 
 import pytest
+from conftest import make_video, run_cli
 
 import mgvr
-from conftest import make_video, run_cli
 from mgvr.storage.lock import WriterLock
 
 

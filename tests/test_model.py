@@ -61,6 +61,7 @@ def test_uncached_weights_without_network_fail_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(weights, "HUB_HOST", "192.0.2.1")  # TEST-NET-1: never answers
     started = time.monotonic()
-    with pytest.raises(ModelLoadError, match="not cached and 192.0.2.1 is unreachable.*--pretrained"):
+    message = "not cached and 192.0.2.1 is unreachable.*--pretrained"
+    with pytest.raises(ModelLoadError, match=message):
         ClipEncoder.load("ViT-B-32", "openai", "cpu")
     assert time.monotonic() - started < weights.HUB_PROBE_SECONDS + 10  # not a retry loop

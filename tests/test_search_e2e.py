@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import GOOD_VIDEOS, run_cli
+
 from mgvr.model.scoring import rerank_score
 from mgvr.retriever import Retriever
 from mgvr.retriever.rerank import stack_rows
