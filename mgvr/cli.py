@@ -204,21 +204,6 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
 
 
-def _register_command_modules() -> None:
-    """Commands that live in their own modules (training and evaluation, the search server)."""
-    import importlib
-
-    for module in ("mgvr.training.commands", "mgvr.serve.commands"):
-        try:
-            importlib.import_module(module).register(app)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-
-
-_register_command_modules()
-
-
 def main() -> None:
     app()
 
