@@ -105,6 +105,14 @@ def index(
     wait: Annotated[float, typer.Option(
         help="Seconds to wait for another index run on the same index (else exit 4 at once).")]
         = 0.0,
+    settle_seconds: Annotated[float, typer.Option(
+        envvar="MGVR_SETTLE_SECONDS",
+        help="Files modified less than this many seconds ago are probably still being copied: "
+             "they are left for the next run.")] = 5.0,
+    commit_every: Annotated[int, typer.Option(
+        help="Commit after this many clips (or 120 s), so a killed run loses little work. On "
+             "a large index at least a tenth of its size, since each commit rewrites FAISS.")]
+        = 2000,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress or summary; only failures are printed (for cron).")]
         = False,
@@ -117,7 +125,8 @@ def index(
     options = IndexOptions(model=model, pretrained=pretrained, frames_per_clip=frames,
                            clip_seconds=clip_seconds, device=device,
                            decode_timeout_s=decode_timeout, retry_failed=retry_failed,
-                           wait_s=wait)
+                           wait_s=wait, settle_seconds=settle_seconds,
+                           commit_every_clips=max(1, commit_every))
     if workers is not None:
         if workers <= 0:
             raise _fail_usage(f"--workers must be positive, not {workers}")
@@ -133,6 +142,120 @@ def index(
         typer.echo(summary.line())
     if summary.failed:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command()
+def status(
+    index_dir: IndexPath = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    runs: Annotated[int, typer.Option(help="How many recent runs to list.")] = 5,
+) -> None:
+    """What is indexed: files and clips, failed files with reasons, recent runs, size on disk."""
+    from mgvr.storage.catalog import Catalog
+    from mgvr.storage.maintenance import status as index_status
+
+    try:
+        layout = _existing_layout(index_dir)
+        catalog = Catalog(layout.catalog, readonly=True)
+        report = index_status(layout, catalog, runs)
+    except MgvrError as e:
+        raise _fail(e) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"index {report['index']}: {report['model']}, {report['frames_per_clip']} frames "
+               f"per clip, clips of at most {report['clip_seconds']:g}s")
+    typer.echo(f"{report['files_indexed']} files, {report['clips']} clips, "
+               f"{report['files_failed']} failed, {report['disk_bytes'] / 1e6:.1f} MB on disk, "
+               f"generation {report['generation']}")
+    for failure in report["failed"]:
+        typer.echo(f"failed: {failure['path']}: {failure['reason']}: {failure['detail']}")
+    for run in report["runs"]:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started_at"]))
+        if run["finished_at"] is None:
+            outcome = f"did not finish (pid {run['pid']}: still running, or killed)"
+        else:
+            outcome = (f"{run['finished_at'] - run['started_at']:.1f}s: indexed {run['indexed']} "
+                       f"({run['clips_added']} clips), unchanged {run['unchanged']}, moved "
+                       f"{run['moved']}, removed {run['removed']}, failed {run['failed']}, "
+                       f"deferred {run['deferred']}")
+        typer.echo(f"run {started} {run['root']}: {outcome}")
+
+
+@app.command()
+def verify(
+    index_dir: IndexPath = None,
+    repair: Annotated[bool, typer.Option(
+        help="Fix what the data present allows (rebuild the coarse index from the fine store, "
+             "drop clips whose features are lost, delete orphans) and list what to re-index.")]
+        = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a running index job.")] = 0.0,
+) -> None:
+    """Check catalog, FAISS and Parquet against each other. Exit 0 when consistent, 1 when
+    problems remain."""
+    from mgvr.storage.catalog import Catalog
+    from mgvr.storage.lock import WriterLock
+    from mgvr.storage.maintenance import verify as verify_index
+
+    try:
+        layout = _existing_layout(index_dir)
+        with WriterLock(layout.lock, wait):
+            catalog = Catalog(layout.catalog)
+            report = verify_index(layout, catalog, repair=repair)
+            after = verify_index(layout, catalog) if report.repaired else report
+    except MgvrError as e:
+        raise _fail(e) from None
+    for problem in report.problems:
+        typer.echo(f"problem: {problem}")
+    for orphan in report.orphans:
+        typer.echo(f"orphan: {orphan} (left by a killed run; the next run removes it)")
+    for fix in report.repaired:
+        typer.echo(f"repaired: {fix}")
+    for path in report.reindex:
+        typer.echo(f"re-index: {path}")
+    if after.clean:
+        typer.echo("index is consistent")
+        return
+    if report.repaired:
+        for problem in after.problems:
+            typer.echo(f"still wrong: {problem}")
+    typer.echo("run `mgvr verify --repair`" if not repair else
+               "some problems need a fresh index: move it away and run `mgvr index` again",
+               err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def compact(
+    index_dir: IndexPath = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a running index job.")] = 0.0,
+) -> None:
+    """Rewrite Parquet parts to drop the frame features of removed or changed files."""
+    from mgvr.config import IndexConfig
+    from mgvr.storage.catalog import Catalog
+    from mgvr.storage.lock import WriterLock
+    from mgvr.storage.maintenance import compact as compact_index
+
+    try:
+        layout = _existing_layout(index_dir)
+        with WriterLock(layout.lock, wait):
+            result = compact_index(layout, Catalog(layout.catalog),
+                                   IndexConfig.load(layout.root))
+    except MgvrError as e:
+        raise _fail(e) from None
+    typer.echo(f"rewrote {result.parts_rewritten} parts, dropped {result.rows_dropped} dead rows; "
+               f"{result.bytes_before / 1e6:.1f} MB -> {result.bytes_after / 1e6:.1f} MB")
+
+
+def _existing_layout(index_dir: Path | None):
+    from mgvr.errors import IndexNotFoundError
+    from mgvr.storage.layout import IndexLayout, default_index_dir
+
+    layout = IndexLayout(default_index_dir(index_dir))
+    if not layout.exists():
+        raise IndexNotFoundError(f"{layout.root}: no mgvr index here; build one with "
+                                 "`mgvr index FOLDER` or point --index at an existing index")
+    return layout
 
 
 def _fail_usage(message: str) -> typer.Exit:

@@ -34,6 +34,7 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MGVR_SETTLE_SECONDS", "0")  # files made by the tests are complete
     monkeypatch.delenv("MGVR_INDEX", raising=False)
 
 

@@ -57,7 +57,7 @@ def test_search_needs_a_real_index_and_a_query(tmp_path, corpus, tiny_model):
     assert result.returncode == 2 and "not a readable mgvr index config" in result.stderr
 
     index = tmp_path / "idx"
-    mgvr.Index(index).update(corpus / "nested", **tiny_model)
+    mgvr.Index(index).update(corpus / "nested", settle_seconds=0, **tiny_model)
     empty = run_cli("search", "  ", "--index", str(index))
     assert empty.returncode == 2 and "empty query" in empty.stderr
     assert "Traceback" not in missing.stderr + result.stderr + empty.stderr
@@ -78,14 +78,14 @@ def test_changed_deleted_and_new_files_between_runs(tmp_path, tiny_model):
     make_video(folder / "change.mp4", "smptebars", "160x120", 2)
     make_video(folder / "delete.mp4", "rgbtestsrc", "160x120", 2)
     index = mgvr.Index(tmp_path / "idx", device="cpu")
-    first = index.update(folder, **tiny_model)
+    first = index.update(folder, settle_seconds=0, **tiny_model)
     assert (first.indexed, first.clips_added, first.failed) == (3, 3, 0)
     ids = {hit.path: hit.clip_id for hit in index.search("x", limit=10)}
 
     os.remove(folder / "delete.mp4")
     make_video(folder / "change.mp4", "mandelbrot", "160x120", 20)  # longer: two clips now
     make_video(folder / "new.mkv", "life", "160x120", 2)
-    second = index.update(folder)
+    second = index.update(folder, settle_seconds=0)
     assert (second.indexed, second.unchanged, second.removed) == (2, 1, 1)
     hits = index.search("x", limit=10)
     paths = sorted(os.path.basename(h.path) for h in hits)
@@ -96,13 +96,13 @@ def test_changed_deleted_and_new_files_between_runs(tmp_path, tiny_model):
 
     shutil.rmtree(folder)
     folder.mkdir()
-    third = index.update(folder)
+    third = index.update(folder, settle_seconds=0)
     assert third.removed == 3 and index.search("x") == []
 
 
 def test_python_api_returns_frozen_hits(tmp_path, corpus, tiny_model):
     index = mgvr.Index(tmp_path / "idx")
-    summary = index.update(corpus / "nested", **tiny_model)
+    summary = index.update(corpus / "nested", settle_seconds=0, **tiny_model)
     assert isinstance(summary, mgvr.RunSummary) and summary.indexed == 1
     hits = index.search("a colourful test picture", limit=3)
     assert len(hits) == 1 and isinstance(hits[0], mgvr.Hit)

@@ -110,7 +110,8 @@ def probe(path: str, timeout_s: float) -> VideoInfo:
     width, height = int(stream.get("width") or 0), int(stream.get("height") or 0)
     if rotation % 180:
         width, height = height, width
-    duration = _float(fmt.get("duration")) or _float(stream.get("duration"))
+    # The video stream's own duration first: audio may outlast the picture.
+    duration = _float(stream.get("duration")) or _float(fmt.get("duration"))
     if not duration:
         duration = _duration_from_packets(path, timeout_s)
     if stream.get("codec_name") in STILL_CODECS and not duration:

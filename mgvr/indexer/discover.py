@@ -1,12 +1,16 @@
 """Walk a folder, pick the files that may be videos, and diff them against the catalog.
 
-Only `stat` is used for files seen before, so an unchanged corpus is checked without decoding.
+Only `stat` is used for files seen before, so an unchanged corpus is checked without decoding
+or hashing. New files are hashed (size plus first and last MiB) only to recognise a file that
+was renamed or moved since the last run, so its clips are kept instead of re-encoded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +41,16 @@ class FileEntry:
     mtime_ns: int
 
 
+CONTENT_KEY_BYTES = 1 << 20
+
+
 @dataclass
 class Plan:
     new: list[FileEntry] = field(default_factory=list)
     changed: list[FileEntry] = field(default_factory=list)
     retried: list[FileEntry] = field(default_factory=list)
+    moved: list[tuple[VideoRecord, FileEntry]] = field(default_factory=list)
+    deferred: list[FileEntry] = field(default_factory=list)  # still being written
     unchanged: int = 0
     skipped_failed: int = 0
     removed: list[VideoRecord] = field(default_factory=list)
@@ -87,26 +96,77 @@ def walk(root: Path, unreadable_dirs: list[str]) -> Iterator[FileEntry]:
                 yield FileEntry(path, info.st_size, info.st_mtime_ns)
 
 
-def plan(root: Path, catalog: Catalog, retry_failed: bool = False) -> Plan:
+def content_key(path: str, size: int) -> str | None:
+    """Identity of a file's content that survives renames: size, first and last MiB."""
+    digest = hashlib.sha256(str(size).encode())
+    try:
+        with open(path, "rb") as f:
+            digest.update(f.read(CONTENT_KEY_BYTES))
+            if size > CONTENT_KEY_BYTES:
+                f.seek(max(CONTENT_KEY_BYTES, size - CONTENT_KEY_BYTES))
+                digest.update(f.read(CONTENT_KEY_BYTES))
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def is_settled(entry: FileEntry, settle_seconds: float) -> bool:
+    """False for a file modified within the last `settle_seconds`: probably still being copied."""
+    return time.time_ns() - entry.mtime_ns >= settle_seconds * 1e9
+
+
+def still_same(entry: FileEntry) -> bool:
+    """Second look before a file's clips are committed: a file that changed meanwhile waits."""
+    try:
+        info = os.stat(entry.path)
+    except OSError:
+        return False
+    return (info.st_size, info.st_mtime_ns) == (entry.size, entry.mtime_ns)
+
+
+def plan(root: Path, catalog: Catalog, retry_failed: bool = False,
+         settle_seconds: float = 0.0) -> Plan:
     result = Plan()
     known = catalog.videos_under(str(root))
     seen: set[str] = set()
     for entry in walk(root, result.unreadable_dirs):
         record = known.get(entry.path)
-        if record is None:
-            if is_candidate(entry.path):
-                result.new.append(entry)
+        if record is not None:
+            seen.add(entry.path)
+            if (record.size, record.mtime_ns) == (entry.size, entry.mtime_ns):
+                if record.status == "indexed":
+                    result.unchanged += 1
+                elif retry_failed:
+                    result.retried.append(entry)
+                else:
+                    result.skipped_failed += 1
+                continue
+        elif not is_candidate(entry.path):
             continue
-        seen.add(entry.path)
-        same = record.size == entry.size and record.mtime_ns == entry.mtime_ns
-        if not same:
-            result.changed.append(entry)
-        elif record.status == "failed":
-            if retry_failed:
-                result.retried.append(entry)
-            else:
-                result.skipped_failed += 1
+        if not is_settled(entry, settle_seconds):
+            result.deferred.append(entry)
+        elif record is None:
+            result.new.append(entry)
         else:
-            result.unchanged += 1
-    result.removed = [record for path, record in known.items() if path not in seen]
+            result.changed.append(entry)
+    removed = [record for path, record in known.items() if path not in seen]
+    result.removed, result.new = _match_moves(removed, result.new, result.moved)
     return result
+
+
+def _match_moves(removed: list[VideoRecord], new: list[FileEntry],
+                 moved: list[tuple[VideoRecord, FileEntry]]
+                 ) -> tuple[list[VideoRecord], list[FileEntry]]:
+    """Pair vanished records with new files of the same content; returns what is left of each."""
+    by_key = {(r.content_key, r.size): r for r in removed if r.content_key}
+    if not by_key:
+        return removed, new
+    still_new = []
+    for entry in new:
+        record = by_key.pop((content_key(entry.path, entry.size), entry.size), None)
+        if record is None:
+            still_new.append(entry)
+        else:
+            moved.append((record, entry))
+    paired = {record.path for record, _ in moved}
+    return [r for r in removed if r.path not in paired], still_new

@@ -26,12 +26,13 @@ from mgvr.config import (
 )
 from mgvr.errors import DecodeError, IncompatibleIndexError, UsageError
 from mgvr.indexer import decode, discover
-from mgvr.indexer.writer import EncodedClip, IndexWriter, remove_orphans
+from mgvr.indexer.writer import EncodedClip, IndexWriter
 from mgvr.model.clip import ClipEncoder, load_for_index
 from mgvr.storage.catalog import Catalog
 from mgvr.storage.coarse import CoarseIndex
 from mgvr.storage.layout import IndexLayout
 from mgvr.storage.lock import WriterLock
+from mgvr.storage.maintenance import remove_orphans
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,10 +47,14 @@ class IndexOptions:
     device: str | None = None
     workers: int = max(2, min(8, os.cpu_count() or 2))
     decode_timeout_s: float = 120.0
+    # A commit rewrites the FAISS file, so on a large index commits are spaced out to at least a
+    # tenth of its size: a kill loses at most max(commit_every_clips, size / 10) clips or
+    # commit_every_s seconds of work.
     commit_every_clips: int = 2000
     commit_every_s: float = 120.0
     retry_failed: bool = False
     wait_s: float = 0.0
+    settle_seconds: float = 5.0
 
 
 @dataclass
@@ -60,6 +65,8 @@ class RunSummary:
     failed: int = 0
     skipped_failed: int = 0
     removed: int = 0
+    moved: int = 0
+    deferred: int = 0
     clips_added: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # path, reason, detail
@@ -67,9 +74,12 @@ class RunSummary:
 
     def line(self) -> str:
         text = (f"indexed {self.indexed} files ({self.clips_added} clips), unchanged "
-                f"{self.unchanged}, removed {self.removed}, failed {self.failed}")
+                f"{self.unchanged}, moved {self.moved}, removed {self.removed}, failed "
+                f"{self.failed}")
         if self.skipped_failed:
             text += f" (+{self.skipped_failed} failed earlier, not retried)"
+        if self.deferred:
+            text += f", {self.deferred} still being written (next run)"
         return text + f" in {self.seconds:.1f}s"
 
 
@@ -93,6 +103,7 @@ class NoProgress:
 @dataclass(frozen=True)
 class ClipTask:
     entry: discover.FileEntry
+    content_key: str | None = None
     info: decode.VideoInfo | None = None
     span: decode.ClipSpan | None = None
     clip_count: int = 0
@@ -135,6 +146,8 @@ class Indexer:
     def __init__(self, index_dir: Path, options: IndexOptions = IndexOptions(),
                  progress: Progress | None = None) -> None:
         check_counts(options.frames_per_clip, options.clip_seconds)
+        if options.settle_seconds < 0:
+            raise UsageError(f"--settle-seconds must be 0 or more, not {options.settle_seconds}")
         self.layout = IndexLayout(index_dir)
         self.options = options
         self.progress = progress or NoProgress()
@@ -153,20 +166,24 @@ class Indexer:
 
     def _run_locked(self, root: Path, catalog: Catalog, started: float) -> RunSummary:
         remove_orphans(self.layout, catalog)
-        plan = discover.plan(root, catalog, self.options.retry_failed)
+        plan = discover.plan(root, catalog, self.options.retry_failed,
+                             self.options.settle_seconds)
         summary = RunSummary(str(root), unchanged=plan.unchanged,
-                             skipped_failed=plan.skipped_failed, removed=len(plan.removed))
-        if not plan.to_index and not plan.removed and not plan.unchanged \
-                and not plan.skipped_failed:
+                             skipped_failed=plan.skipped_failed, removed=len(plan.removed),
+                             moved=len(plan.moved), deferred=len(plan.deferred))
+        if not (plan.to_index or plan.removed or plan.unchanged or plan.skipped_failed
+                or plan.moved or plan.deferred):
             raise UsageError(f"{root}: no video files found (by extension such as .mp4 .mkv "
                              ".webm .mov .avi, or by container signature); check the folder")
-        run_id = catalog.start_run(str(root))
+        run_id = catalog.start_run(str(root), os.getpid())
         config = self._config(catalog)
         coarse = self._load_coarse(catalog, config)
         writer = IndexWriter(self.layout, catalog, config, coarse)
         try:
             for record in plan.removed:
                 writer.remove(record.path)
+            for record, entry in plan.moved:
+                writer.move(record.path, entry.path, entry.size, entry.mtime_ns)
             if plan.to_index:
                 self._index_files(plan.to_index, config, writer, summary)
             writer.commit()
@@ -174,8 +191,9 @@ class Indexer:
             writer.abort()
         summary.clips_added = writer.clips_added
         summary.seconds = time.monotonic() - started
-        catalog.finish_run(run_id, summary.indexed, summary.unchanged, summary.failed,
-                           summary.removed, summary.clips_added)
+        catalog.finish_run(run_id, indexed=summary.indexed, unchanged=summary.unchanged,
+                           failed=summary.failed, removed=summary.removed, moved=summary.moved,
+                           deferred=summary.deferred, clips_added=summary.clips_added)
         return summary
 
     # model and config -------------------------------------------------------------------------
@@ -183,16 +201,17 @@ class Indexer:
         opts = self.options
         if self.layout.config.is_file():
             config = IndexConfig.load(self.layout.root)
-            asked = {"--model": (opts.model, config.model.name),
-                     "--pretrained": (opts.pretrained, config.model.pretrained),
+            built = config.model
+            asked = {"--model": (opts.model and _model_name(opts.model), built.name),
+                     "--pretrained": (opts.pretrained and _weights_name(opts.pretrained),
+                                      built.pretrained),
                      "--frames": (opts.frames_per_clip, config.frames_per_clip),
-                     "--clip-seconds": (opts.clip_seconds, config.clip_seconds)}
-            for flag, (wanted, built) in asked.items():
-                if wanted is not None and str(wanted) != str(built) and not (
-                        flag == "--model" and wanted.endswith(".json")
-                        and Path(wanted).stem == built):
+                     "--clip-seconds": (opts.clip_seconds and float(opts.clip_seconds),
+                                        config.clip_seconds)}
+            for flag, (wanted, have) in asked.items():
+                if wanted is not None and wanted != have:
                     raise IncompatibleIndexError(
-                        f"{self.layout.root}: this index was built with {flag} {built}, not "
+                        f"{self.layout.root}: this index was built with {flag} {have}, not "
                         f"{wanted}; drop the flag, or use another --index for a new index")
             return config
         if catalog.generation() != 0:
@@ -237,10 +256,11 @@ class Indexer:
         timings = {"decode_wait": 0.0, "encode": 0.0, "write": 0.0}
 
         def probe(entry: discover.FileEntry) -> ClipTask:
+            key = discover.content_key(entry.path, entry.size)
             try:
-                return ClipTask(entry, info=decode.probe(entry.path, timeout))
+                return ClipTask(entry, key, info=decode.probe(entry.path, timeout))
             except DecodeError as e:
-                return ClipTask(entry, error=e)
+                return ClipTask(entry, key, error=e)
 
         def clip_tasks() -> Iterator[ClipTask]:
             with ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="probe") as pool:
@@ -310,10 +330,24 @@ class Indexer:
         timings["write"] += time.perf_counter() - started
 
     def _maybe_commit(self, writer: IndexWriter) -> None:
-        due = (writer.staged_clips >= self.options.commit_every_clips
+        every = max(self.options.commit_every_clips, len(writer.coarse) // 10)
+        due = (writer.staged_clips >= every
                or time.monotonic() - writer.last_commit >= self.options.commit_every_s)
         if due:
             writer.commit()
+
+
+def _model_name(model: str) -> str:
+    """How an index records a --model value (an architecture file is known by its stem)."""
+    return Path(model).stem if model.endswith(".json") else model
+
+
+def _weights_name(pretrained: str) -> str:
+    """How an index records a --pretrained value: a tag, 'none', or an absolute file path."""
+    if pretrained.lower() in ("none", "random", ""):
+        return "none"
+    path = Path(pretrained)
+    return str(path.resolve()) if path.is_file() else pretrained
 
 
 class _Assembly:
@@ -336,7 +370,11 @@ class _Assembly:
         self._failed.add(path)
         self._clips.pop(path, None)
         error = task.error
-        self.writer.fail(path, task.entry.size, task.entry.mtime_ns, error.reason, error.detail)
+        if not discover.still_same(task.entry):
+            self._defer()
+            return
+        self.writer.fail(path, task.entry.size, task.entry.mtime_ns, task.content_key,
+                         error.reason, error.detail)
         self.summary.failed += 1
         self.summary.failures.append((path, error.reason, error.detail))
         self.progress.advance(0, failed=True)
@@ -347,8 +385,16 @@ class _Assembly:
         clips.append(clip)
         if len(clips) == task.clip_count:
             del self._clips[path]
+            if not discover.still_same(task.entry):
+                self._defer()
+                return
             info = task.info
-            self.writer.add(path, task.entry.size, task.entry.mtime_ns, clips, info.duration_s,
-                            info.width, info.height)
+            self.writer.add(path, task.entry.size, task.entry.mtime_ns, task.content_key, clips,
+                            info.duration_s, info.width, info.height)
             self.summary.indexed += 1
             self.progress.advance(len(clips), failed=False)
+
+    def _defer(self) -> None:
+        """The file changed while it was decoded: leave it (and its old record) for next run."""
+        self.summary.deferred += 1
+        self.progress.advance(0, failed=False)

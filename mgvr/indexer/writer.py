@@ -33,21 +33,6 @@ class EncodedClip:
     coarse: np.ndarray  # (D,) float32, normalised
 
 
-def remove_orphans(layout: IndexLayout, catalog: Catalog) -> None:
-    """Delete what a killed run left behind: uncommitted parts and generations, temp files."""
-    current = catalog.generation()
-    for generation in layout.coarse_generations():
-        if generation > current:
-            layout.coarse(generation).unlink(missing_ok=True)
-    for tmp in layout.root.glob("*.tmp"):
-        tmp.unlink(missing_ok=True)
-    if layout.fine_dir.is_dir():
-        committed = catalog.part_names()
-        for path in layout.fine_dir.iterdir():
-            if path.name not in committed:
-                path.unlink(missing_ok=True)
-
-
 class IndexWriter:
     def __init__(self, layout: IndexLayout, catalog: Catalog, config: IndexConfig,
                  coarse: CoarseIndex) -> None:
@@ -59,6 +44,7 @@ class IndexWriter:
         self._part: FinePartWriter | None = None
         self._part_name: str | None = None
         self._removals: list[str] = []
+        self._moves: list[tuple[str, str, int, int]] = []
         self._updates: list[VideoUpdate] = []
         self.clips_added = 0
         self.staged_clips = 0
@@ -74,13 +60,18 @@ class IndexWriter:
     def remove(self, path: str) -> None:
         self._drop_existing(path)
 
-    def fail(self, path: str, size: int, mtime_ns: int, reason: str, error: str) -> None:
-        self._drop_existing(path)
-        self._updates.append(VideoUpdate(path, size, mtime_ns, "failed", reason=reason,
-                                         error=error))
+    def move(self, old_path: str, new_path: str, size: int, mtime_ns: int) -> None:
+        """A renamed file keeps its clips and vectors; only its catalog path changes."""
+        self._moves.append((old_path, new_path, size, mtime_ns))
 
-    def add(self, path: str, size: int, mtime_ns: int, clips: list[EncodedClip],
-            duration_s: float, width: int, height: int) -> None:
+    def fail(self, path: str, size: int, mtime_ns: int, content_key: str | None, reason: str,
+             error: str) -> None:
+        self._drop_existing(path)
+        self._updates.append(VideoUpdate(path, size, mtime_ns, "failed", content_key=content_key,
+                                         reason=reason, error=error))
+
+    def add(self, path: str, size: int, mtime_ns: int, content_key: str | None,
+            clips: list[EncodedClip], duration_s: float, width: int, height: int) -> None:
         self._drop_existing(path)
         part = self._open_part()
         new_clips = []
@@ -94,7 +85,8 @@ class IndexWriter:
         self.coarse.add(np.array([c.id for c in new_clips], np.int64),
                         np.stack([clip.coarse for clip in clips]))
         self._updates.append(VideoUpdate(path, size, mtime_ns, "indexed", tuple(new_clips),
-                                         duration_s=duration_s, width=width, height=height))
+                                         content_key=content_key, duration_s=duration_s,
+                                         width=width, height=height))
         self.staged_clips += len(new_clips)
 
     def _open_part(self) -> FinePartWriter:
@@ -107,7 +99,7 @@ class IndexWriter:
         return self._part
 
     def pending(self) -> bool:
-        return bool(self._removals or self._updates)
+        return bool(self._removals or self._moves or self._updates)
 
     def commit(self) -> None:
         """Make everything staged durable and visible as the next generation."""
@@ -122,6 +114,8 @@ class IndexWriter:
         with self.catalog.transaction():
             for path in self._removals:
                 self.catalog.remove_video(path)
+            for old_path, new_path, size, mtime_ns in self._moves:
+                self.catalog.move_video(old_path, new_path, size, mtime_ns)
             if self._part is not None:
                 self.catalog.add_part(self._part_name, part_rows)
             for update in self._updates:
@@ -136,6 +130,7 @@ class IndexWriter:
         self._part = None
         self._part_name = None
         self._removals.clear()
+        self._moves.clear()
         self._updates.clear()
         self.last_commit = time.monotonic()
 

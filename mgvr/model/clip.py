@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,7 +110,9 @@ class ClipEncoder:
     def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
         """(N, S, S, 3) uint8 RGB frames, already resized and cropped -> (N, D) float32."""
         outputs = []
-        step = self.frame_batch_size()
+        # Even chunks: 72 frames run as 36 + 36, not as 64 + a nearly empty batch of 8.
+        chunks = max(1, math.ceil(len(frames) / self.frame_batch_size()))
+        step = max(1, math.ceil(len(frames) / chunks))
         for start in range(0, len(frames), step):
             batch = torch.from_numpy(frames[start:start + step]).to(self.device, non_blocking=True)
             pixels = (batch.permute(0, 3, 1, 2).float() / 255.0 - self._mean) / self._std

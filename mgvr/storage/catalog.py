@@ -46,18 +46,38 @@ CREATE TABLE IF NOT EXISTS parts (
     rows INTEGER NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS videos_by_content ON videos(content_key);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     root TEXT NOT NULL,
+    pid INTEGER NOT NULL,
     started_at REAL NOT NULL,
     finished_at REAL,
     indexed INTEGER NOT NULL DEFAULT 0,
     unchanged INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
     removed INTEGER NOT NULL DEFAULT 0,
+    moved INTEGER NOT NULL DEFAULT 0,
+    deferred INTEGER NOT NULL DEFAULT 0,
     clips_added INTEGER NOT NULL DEFAULT 0
 );
 """
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    root: str
+    pid: int
+    started_at: float
+    finished_at: float | None  # None: still running, or killed
+    indexed: int
+    unchanged: int
+    failed: int
+    removed: int
+    moved: int
+    deferred: int
+    clips_added: int
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,7 @@ class VideoRecord:
     mtime_ns: int
     status: str
     reason: str | None
+    content_key: str | None
 
 
 @dataclass(frozen=True)
@@ -104,6 +125,7 @@ class VideoUpdate:
     mtime_ns: int
     status: str
     clips: tuple[NewClip, ...] = ()
+    content_key: str | None = None
     reason: str | None = None
     error: str | None = None
     duration_s: float | None = None
@@ -157,7 +179,7 @@ class Catalog:
         """Every recorded file whose path lies under the folder `root` (absolute)."""
         prefix = root.rstrip("/") + "/"
         rows = self.conn.execute(
-            "SELECT id, path, size, mtime_ns, status, reason FROM videos "
+            "SELECT id, path, size, mtime_ns, status, reason, content_key FROM videos "
             "WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
         return {row[1]: VideoRecord(*row) for row in rows}
 
@@ -199,6 +221,7 @@ class Catalog:
         }
 
     def failures(self) -> list[tuple[str, str, str]]:
+        """(path, reason, detail) of every file that could not be indexed."""
         rows = self.conn.execute("SELECT path, reason, error FROM videos "
                                  "WHERE status = 'failed' ORDER BY path")
         return [tuple(row) for row in rows]
@@ -224,10 +247,12 @@ class Catalog:
     def apply(self, update: VideoUpdate) -> None:
         """Insert or replace one file's record and its clips (old clips must be removed first)."""
         cursor = self.conn.execute(
-            "INSERT INTO videos(path, size, mtime_ns, status, reason, error, duration_s, width, "
-            "height, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (update.path, update.size, update.mtime_ns, update.status, update.reason,
-             update.error, update.duration_s, update.width, update.height, time.time()))
+            "INSERT INTO videos(path, size, mtime_ns, content_key, status, reason, error, "
+            "duration_s, width, height, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "RETURNING id",
+            (update.path, update.size, update.mtime_ns, update.content_key, update.status,
+             update.reason, update.error, update.duration_s, update.width, update.height,
+             time.time()))
         video_id = cursor.fetchone()[0]
         self.conn.executemany(
             "INSERT INTO clips(id, video_id, clip_index, start_s, end_s, n_frames, part, row) "
@@ -235,16 +260,58 @@ class Catalog:
             [(c.id, video_id, c.clip_index, c.start_s, c.end_s, c.n_frames, c.part, c.row)
              for c in update.clips])
 
-    def start_run(self, root: str) -> int:
+    def move_video(self, old_path: str, new_path: str, size: int, mtime_ns: int) -> None:
+        """A renamed or moved file: keep its clips, point the record at the new path."""
+        self.conn.execute("UPDATE videos SET path = ?, size = ?, mtime_ns = ?, updated_at = ? "
+                          "WHERE path = ?", (new_path, size, mtime_ns, time.time(), old_path))
+
+    def delete_clips(self, clip_ids: list[int]) -> None:
+        self.conn.executemany("DELETE FROM clips WHERE id = ?", [(i,) for i in clip_ids])
+
+    def forget_videos_without_clips(self, paths: list[str]) -> None:
+        self.conn.executemany("DELETE FROM videos WHERE path = ? AND status = 'indexed' AND "
+                              "NOT EXISTS (SELECT 1 FROM clips WHERE clips.video_id = videos.id)",
+                              [(p,) for p in paths])
+
+    def relocate_clips(self, moves: list[tuple[int, str, int]]) -> None:
+        """(clip_id, part, row) for clips whose fine rows were rewritten elsewhere."""
+        self.conn.executemany("UPDATE clips SET part = ?, row = ? WHERE id = ?",
+                              [(part, row, clip_id) for clip_id, part, row in moves])
+
+    def remove_parts(self, names: list[str]) -> None:
+        self.conn.executemany("DELETE FROM parts WHERE name = ?", [(n,) for n in names])
+
+    def clip_locations(self) -> list[tuple[int, str, int, int, str]]:
+        """Every live clip: (clip_id, part, row, n_frames, video path), by clip id."""
+        rows = self.conn.execute("SELECT c.id, c.part, c.row, c.n_frames, v.path FROM clips c "
+                                 "JOIN videos v ON v.id = c.video_id ORDER BY c.id")
+        return [tuple(row) for row in rows]
+
+    def parts(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT name, rows FROM parts"))
+
+    def integrity_problems(self) -> list[str]:
+        rows = [row[0] for row in self.conn.execute("PRAGMA integrity_check")]
+        rows += [f"foreign key violation in {row[0]}" for row in
+                 self.conn.execute("PRAGMA foreign_key_check")]
+        return [row for row in rows if row != "ok"]
+
+    def start_run(self, root: str, pid: int) -> int:
         with self.transaction():
-            cursor = self.conn.execute("INSERT INTO runs(root, started_at) VALUES (?, ?)",
-                                       (root, time.time()))
+            cursor = self.conn.execute("INSERT INTO runs(root, pid, started_at) VALUES (?, ?, ?)",
+                                       (root, pid, time.time()))
             return int(cursor.lastrowid)
 
-    def finish_run(self, run_id: int, indexed: int, unchanged: int, failed: int, removed: int,
-                   clips_added: int) -> None:
+    def finish_run(self, run_id: int, **counts: int) -> None:
+        columns = ("indexed", "unchanged", "failed", "removed", "moved", "deferred",
+                   "clips_added")
         with self.transaction():
             self.conn.execute(
-                "UPDATE runs SET finished_at = ?, indexed = ?, unchanged = ?, failed = ?, "
-                "removed = ?, clips_added = ? WHERE id = ?",
-                (time.time(), indexed, unchanged, failed, removed, clips_added, run_id))
+                f"UPDATE runs SET finished_at = ?, {', '.join(f'{c} = ?' for c in columns)} "
+                "WHERE id = ?", (time.time(), *(counts.get(c, 0) for c in columns), run_id))
+
+    def recent_runs(self, limit: int = 10) -> list[RunRecord]:
+        rows = self.conn.execute(
+            "SELECT id, root, pid, started_at, finished_at, indexed, unchanged, failed, removed, "
+            "moved, deferred, clips_added FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+        return [RunRecord(*row) for row in rows]
