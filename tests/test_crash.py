@@ -1,0 +1,179 @@
+"""Crash safety with real processes: `mgvr index` killed with SIGKILL at random moments,
+concurrent writers, and searches running while an index run commits."""
+
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import make_video, run_cli
+
+import mgvr
+from mgvr.retriever import Retriever
+from mgvr.storage.catalog import Catalog
+from mgvr.storage.coarse import CoarseIndex
+from mgvr.storage.fine import FineReader
+from mgvr.storage.layout import IndexLayout
+from mgvr.storage.maintenance import verify
+
+KILLS = 20
+SEED = 20261128
+
+
+@pytest.fixture(scope="module")
+def crash_corpus(tmp_path_factory):
+    """Twelve files of 4-16 s: with 4 s clips and a commit every 3 clips, a run has ~10 commits."""
+    root = tmp_path_factory.mktemp("crash_corpus")
+    sources = ["testsrc2", "smptebars", "mandelbrot", "life", "rgbtestsrc", "testsrc"]
+    for i in range(12):
+        make_video(root / f"video_{i:02d}.mp4", sources[i % 6], "160x120", 4 + (i % 4) * 4,
+                   rate=10)
+    return root
+
+
+def _index_args(folder, index_dir, tiny_model, clip_seconds=4):
+    return ["index", str(folder), "--index", str(index_dir), "--model", tiny_model["model"],
+            "--pretrained", tiny_model["pretrained"], "--clip-seconds", str(clip_seconds),
+            "--frames", "4", "--commit-every", "3", "--workers", "2"]
+
+
+def _start(args):
+    return subprocess.Popen([sys.executable, "-m", "mgvr.cli", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _snapshot(index_dir):
+    """{(path, clip_index): (start, end, coarse vector, frame features)} of the committed index."""
+    layout = IndexLayout(index_dir)
+    catalog = Catalog(layout.catalog, readonly=True)
+    try:
+        if catalog.generation() == 0:
+            return {}
+        locations = catalog.clip_locations()
+        records = catalog.clips_by_ids([clip_id for clip_id, *_ in locations])
+        rows = FineReader(layout.fine_dir, 64).read([(part, row) for _, part, row, _, _ in
+                                                     locations])
+        coarse = CoarseIndex.load(layout.coarse(catalog.generation()), 64)
+        vectors = dict(zip(coarse.ids().tolist(), coarse.vectors(), strict=True))
+        assert sorted(vectors) == sorted(records), "FAISS ids differ from the catalog's clips"
+        return {(records[clip_id].video_path, records[clip_id].clip_index):
+                (records[clip_id].start_s, records[clip_id].end_s, vectors[clip_id], row.features)
+                for (clip_id, *_), row in zip(locations, rows, strict=True)}
+    finally:
+        catalog.close()
+
+
+def _assert_consistent(index_dir):
+    layout = IndexLayout(index_dir)
+    if not layout.exists():
+        return 0  # killed before the first commit: nothing committed, nothing to check
+    catalog = Catalog(layout.catalog)
+    try:
+        report = verify(layout, catalog)
+    finally:
+        catalog.close()
+    assert report.clean, report.problems
+    snapshot = _snapshot(index_dir)
+    if snapshot:
+        hits = mgvr.Index(index_dir, device="cpu").search("a test pattern", limit=len(snapshot))
+        assert len(hits) == len(snapshot)
+        assert len({h.clip_id for h in hits}) == len(hits)
+    return len(snapshot)
+
+
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, crash_corpus,
+                                                                 tiny_model):
+    reference_dir = tmp_path / "reference"
+    started = time.monotonic()
+    result = run_cli(*_index_args(crash_corpus, reference_dir, tiny_model))
+    assert result.returncode == 0, result.stderr
+    full_run = time.monotonic() - started
+    reference = _snapshot(reference_dir)
+    assert len(reference) == 3 * (1 + 2 + 3 + 4)  # 4, 8, 12 and 16 s files, 4 s clips
+
+    rng = random.Random(SEED)
+    index_dir = tmp_path / "killed"
+    kills = 0
+    committed_counts = []
+    while kills < KILLS:
+        process = _start(_index_args(crash_corpus, index_dir, tiny_model))
+        time.sleep(rng.uniform(0.2, full_run))
+        if process.poll() is not None:  # finished before the kill: start over from scratch
+            assert process.returncode == 0, process.stderr.read()
+            assert _snapshot(index_dir).keys() == reference.keys()
+            shutil.rmtree(index_dir)
+            continue
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        committed_counts.append(_assert_consistent(index_dir))
+
+    result = run_cli(*_index_args(crash_corpus, index_dir, tiny_model))
+    assert result.returncode == 0, result.stderr
+    final = _snapshot(index_dir)
+    assert final.keys() == reference.keys()
+    for key, (start, end, vector, features) in reference.items():
+        got = final[key]
+        assert (got[0], got[1]) == pytest.approx((start, end))
+        assert np.allclose(got[2], vector, atol=1e-4)
+        assert np.allclose(got[3].astype(np.float32), features.astype(np.float32), atol=2e-3)
+    assert _assert_consistent(index_dir) == len(reference)
+    assert not [p for p in index_dir.rglob("*") if p.name.endswith(".tmp")]
+    # The kills landed at different stages: some before any commit, some mid-way.
+    assert len(set(committed_counts)) >= 3, committed_counts
+
+
+def test_second_writer_exits_4_or_waits(tmp_path, crash_corpus, tiny_model):
+    index_dir = tmp_path / "idx"
+    args = _index_args(crash_corpus, index_dir, tiny_model, clip_seconds=0.5)  # a longer run
+    first = _start(args)
+    deadline = time.monotonic() + 60
+    while not (index_dir / "lock").exists() or not (index_dir / "lock").read_text():
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.05)
+    second = run_cli(*args)
+    assert second.returncode == 4
+    assert f"(pid {first.pid})" in second.stderr
+    waiting = run_cli(*args, "--wait", "120")
+    assert first.wait(timeout=120) == 0
+    assert waiting.returncode == 0, waiting.stderr
+    assert "indexed 0 files" in waiting.stdout  # the first run had done everything
+    assert _assert_consistent(index_dir) > 0
+
+
+def test_stale_lock_of_a_killed_writer_is_taken_over(tmp_path, crash_corpus, tiny_model):
+    index_dir = tmp_path / "idx"
+    first = _start(_index_args(crash_corpus, index_dir, tiny_model))
+    while not (index_dir / "lock").exists() or not (index_dir / "lock").read_text():
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert (index_dir / "lock").read_text() == str(first.pid)  # left behind by the dead
+    result = run_cli(*_index_args(crash_corpus, index_dir, tiny_model))
+    assert result.returncode == 0, result.stderr
+
+
+def test_searches_during_an_index_run_never_fail(tmp_path, crash_corpus, tiny_model):
+    index_dir = tmp_path / "idx"
+    first_half = tmp_path / "half"
+    first_half.mkdir()
+    for path in sorted(crash_corpus.iterdir())[:3]:
+        shutil.copy(path, first_half / path.name)
+    assert run_cli(*_index_args(first_half, index_dir, tiny_model)).returncode == 0
+    retriever = Retriever(index_dir, device="cpu")
+    generations = set()
+    searches = 0
+    writer = _start(_index_args(crash_corpus, index_dir, tiny_model))
+    while writer.poll() is None:
+        hits = retriever.search("a colourful pattern", limit=100).hits
+        assert hits and len({h.clip_id for h in hits}) == len(hits)
+        generations.add(retriever.catalog.generation())
+        searches += 1
+    assert writer.returncode == 0, writer.stderr.read()
+    assert searches > 10 and len(generations) > 2
+    assert len(retriever.search("a colourful pattern", limit=100).hits) == len(
+        _snapshot(index_dir))
