@@ -65,3 +65,30 @@ def test_uncached_weights_without_network_fail_fast(monkeypatch):
     with pytest.raises(ModelLoadError, match=message):
         ClipEncoder.load("ViT-B-32", "openai", "cpu")
     assert time.monotonic() - started < weights.HUB_PROBE_SECONDS + 10  # not a retry loop
+
+
+def test_local_dir_model_is_loaded_and_identified_by_its_weights(tmp_path, tiny_weights,
+                                                                  monkeypatch):
+    import json
+
+    from conftest import TINY_CONFIG
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": json.loads(TINY_CONFIG.read_text()),
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    save_file(torch.load(tiny_weights), folder / "open_clip_model.safetensors")
+    monkeypatch.chdir(tmp_path)
+    encoder = ClipEncoder.load("local-dir:my-model", None, "cpu")
+    assert encoder.identity.name == f"local-dir:{folder}"  # absolute: search works from anywhere
+    assert encoder.identity.weights_sha256 == weights.file_sha256(
+        folder / "open_clip_model.safetensors")
+    assert encoder.preprocess.mean == (0.5, 0.5, 0.5)
+    reference = ClipEncoder.load(str(TINY_CONFIG), str(tiny_weights), "cpu")
+    frames = np.full((2, 64, 64, 3), 128, np.uint8)
+    text = ["a red ball"]
+    assert torch.allclose(encoder.encode_texts(text)[0], reference.encode_texts(text)[0],
+                          atol=1e-5)  # same weights, so the same text tower
+    assert encoder.encode_frames(frames).shape == (2, 64)

@@ -64,13 +64,14 @@ def resolve(model: str, pretrained: str | None) -> ResolvedModel:
         register_architecture(architecture, model)
 
     if model.startswith("local-dir:"):
-        folder = Path(model.removeprefix("local-dir:"))
+        folder = Path(model.removeprefix("local-dir:")).expanduser().resolve()
         if not (folder / "open_clip_config.json").is_file():
             raise UsageError(f"{folder}: no open_clip_config.json there; a local-dir: model needs "
                              "the folder that open_clip's push_to_hub/save wrote")
-        weights = next((p for p in sorted(folder.iterdir())
-                        if p.suffix in (".safetensors", ".bin", ".pt", ".pth")), None)
-        return ResolvedModel(model, None, weights, None, False)
+        # The same file open_clip will load, so the recorded hash identifies what was used.
+        found = open_clip.factory._find_checkpoint_in_dir(folder)
+        return ResolvedModel(f"local-dir:{folder}", None, Path(found) if found else None, None,
+                             False)
 
     if model not in open_clip.list_models():
         raise UsageError(f"unknown model '{model}'; choose one of open_clip.list_models() "
