@@ -45,7 +45,7 @@ class IndexOptions:
     frames_per_clip: int | None = None
     clip_seconds: float | None = None
     device: str | None = None
-    workers: int = max(2, min(8, os.cpu_count() or 2))
+    workers: int = max(2, min(16, os.cpu_count() or 2))  # each drives one ffmpeg process
     decode_timeout_s: float = 120.0
     # A commit rewrites the FAISS file, so on a large index commits are spaced out to at least a
     # tenth of its size: a kill loses at most max(commit_every_clips, size / 10) clips or

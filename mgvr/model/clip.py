@@ -114,7 +114,10 @@ class ClipEncoder:
         chunks = max(1, math.ceil(len(frames) / self.frame_batch_size()))
         step = max(1, math.ceil(len(frames) / chunks))
         for start in range(0, len(frames), step):
-            batch = torch.from_numpy(frames[start:start + step]).to(self.device, non_blocking=True)
+            batch = torch.from_numpy(frames[start:start + step])
+            if self.device.type == "cuda":  # pinned pages let the copy overlap the last batch
+                batch = batch.pin_memory()
+            batch = batch.to(self.device, non_blocking=True)
             pixels = (batch.permute(0, 3, 1, 2).float() / 255.0 - self._mean) / self._std
             with torch.autocast(self.device.type, dtype=torch.float16,
                                 enabled=self.device.type == "cuda"):
