@@ -27,15 +27,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_user_dirs(tmp_path_factory, monkeypatch):
-    """Keep tests off the real per-user data and cache directories and off the network."""
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory):
+    """Keep every test, session fixtures included, off the real per-user data and cache
+    directories and off the network."""
     home = tmp_path_factory.getbasetemp() / "home"
-    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("MGVR_SETTLE_SECONDS", "0")  # files made by the tests are complete
-    monkeypatch.delenv("MGVR_INDEX", raising=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(home / "data"))
+        patch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("MGVR_SETTLE_SECONDS", "0")  # files made by the tests are complete
+        patch.delenv("MGVR_INDEX", raising=False)
+        yield
 
 
 def ffmpeg(*args: str) -> None:
