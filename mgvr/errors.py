@@ -44,7 +44,8 @@ class DecodeError(MgvrError):
     """One video could not be decoded; the run records it and goes on.
 
     `reason` is a short machine-readable word stored in the catalog
-    (corrupt, no-video-stream, zero-frames, timeout, permission-denied, not-a-video).
+    (corrupt, unsupported-codec, no-video-stream, zero-frames, timeout, permission-denied,
+    not-a-video).
     """
 
     def __init__(self, path: str, reason: str, detail: str) -> None:

@@ -131,3 +131,10 @@ def test_candidates_by_extension_or_signature(corpus, bad_files):
     assert is_candidate(str(corpus / "no_extension_video"))
     assert is_candidate(str(bad_files / "text.mp4"))  # extension says video: probed, then failed
     assert not is_candidate(str(corpus / "notes.txt"))
+
+
+def test_missing_decoder_is_reported_as_unsupported_codec():
+    # What ffmpeg 5-7 print when the build lacks a decoder for a stream it can demux.
+    stderr = b"[vist#0:0/av1] Decoder (codec av1) not found for input stream #0:0\n"
+    assert decode._failure_reason(stderr) == "unsupported-codec"
+    assert decode._failure_reason(b"moov atom not found\n") == "corrupt"

@@ -83,6 +83,14 @@ def _last_error_line(stderr: bytes, path: str) -> str:
     return lines[-1].replace(f"{path}: ", "")[:300] if lines else "no error output"
 
 
+def _failure_reason(stderr: bytes) -> str:
+    """ffmpeg says 'Decoder (codec X) not found' when this build cannot decode the stream."""
+    text = stderr.decode(errors="replace").lower()
+    if "decoder (codec" in text and "not found" in text or "codec not currently supported" in text:
+        return "unsupported-codec"
+    return "corrupt"
+
+
 def probe(path: str, timeout_s: float) -> VideoInfo:
     """Read duration, display size and rotation of the first video stream."""
     if not os.access(path, os.R_OK):
@@ -228,7 +236,8 @@ def decode_clip(path: str, info: VideoInfo, span: ClipSpan, frames: int, recipe:
     frame_bytes = size * size * 3
     count = len(result.stdout) // frame_bytes
     if result.returncode != 0 and count == 0:
-        raise DecodeError(path, "corrupt", _last_error_line(result.stderr, path))
+        raise DecodeError(path, _failure_reason(result.stderr), _last_error_line(result.stderr,
+                                                                                path))
     if count == 0:
         raise DecodeError(path, "zero-frames",
                           f"no frame decoded at {span.start_s:.1f}-{span.end_s:.1f}s")
