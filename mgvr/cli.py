@@ -284,7 +284,7 @@ def search(
         show_default=False)] = None,
 ) -> None:
     """Find the clips that best match QUERY: coarse recall, then fine rerank."""
-    from mgvr.retriever import Retriever
+    from mgvr.serve.client import search_via_server
     from mgvr.storage.layout import default_index_dir
 
     try:
@@ -292,16 +292,25 @@ def search(
             raise _fail_usage(f"--limit must be positive, not {limit}")
         if rerank_depth <= 0:
             raise _fail_usage(f"--rerank-depth must be positive, not {rerank_depth}")
-        retriever = Retriever(default_index_dir(index_dir), device=device, model=model,
-                              pretrained=pretrained)
-        result = retriever.search(query, limit=limit, rerank_depth=rerank_depth,
-                                  rerank=not no_rerank)
+        # A running `mgvr serve` for this index answers in milliseconds; else search here.
+        served = search_via_server(default_index_dir(index_dir), query, limit, rerank_depth,
+                                   not no_rerank, device=device, model=model,
+                                   pretrained=pretrained)
+        if served is not None:
+            result, context_length = served
+        else:
+            from mgvr.retriever import Retriever
+
+            retriever = Retriever(default_index_dir(index_dir), device=device, model=model,
+                                  pretrained=pretrained)
+            result = retriever.search(query, limit=limit, rerank_depth=rerank_depth,
+                                      rerank=not no_rerank)
+            context_length = retriever.config.model.context_length
     except MgvrError as e:
         raise _fail(e) from None
     if result.query_truncated:
-        typer.echo(f"mgvr: note: query longer than the model's "
-                   f"{retriever.config.model.context_length} tokens; the rest was ignored",
-                   err=True)
+        typer.echo(f"mgvr: note: query longer than the model's {context_length} tokens; "
+                   "the rest was ignored", err=True)
     if as_json:
         typer.echo(json.dumps({
             "schema": SEARCH_SCHEMA,
@@ -325,6 +334,16 @@ def _clock(seconds: float) -> str:
     minutes, secs = divmod(max(seconds, 0.0), 60)
     hours, minutes = divmod(int(minutes), 60)
     return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
+
+
+from mgvr.serve.commands import register as register_serve  # noqa: E402
+
+register_serve(app)
+
+
+from mgvr.training.commands import register as _register_training  # noqa: E402
+
+_register_training(app)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """First stage: top-k clips by coarse score, on FAISS (CPU or GPU) or as exact torch search on GPU.
 
-The FAISS GPU path is taken when the installed faiss was built with GPU support; otherwise a GPU
-is still used through an exact inner-product search in torch, and the CPU uses FAISS.
+On the CPU the index's own layout is searched (exact below IVF_MIN_CLIPS clips, IVF above; see
+`mgvr.storage.coarse`). On a GPU, FAISS GPU is used when the installed faiss was built with it;
+otherwise every vector goes to the GPU in float16 and is searched exactly with one matmul, which
+is faster there than any CPU index and needs no approximation.
 """
 
 from __future__ import annotations
@@ -20,22 +22,26 @@ def faiss_has_gpu() -> bool:
 class CoarseSearcher:
     def __init__(self, coarse: CoarseIndex, device: torch.device) -> None:
         self.coarse = coarse
-        self.backend = "faiss-cpu"
-        self._index = coarse.index
+        self.backend = f"faiss-cpu-{coarse.kind}"
+        self._gpu_index: faiss.Index | None = None
         self._torch: tuple[torch.Tensor, torch.Tensor] | None = None
         if device.type == "cuda" and len(coarse):
             if faiss_has_gpu():
                 self._resources = faiss.StandardGpuResources()
-                self._index = faiss.index_cpu_to_gpu(self._resources, device.index or 0,
-                                                     coarse.index)
-                self.backend = "faiss-gpu"
+                self._gpu_index = faiss.index_cpu_to_gpu(self._resources, device.index or 0,
+                                                         coarse.index)
+                self.backend = f"faiss-gpu-{coarse.kind}"
             else:
-                vectors = torch.from_numpy(coarse.vectors()).to(device, torch.float16)
-                self._torch = (vectors, torch.from_numpy(coarse.ids()).to(device))
-                self.backend = "torch-gpu"
+                ids, vectors = coarse.items()
+                self._torch = (torch.from_numpy(vectors).to(device, torch.float16),
+                               torch.from_numpy(ids).to(device))
+                self.backend = "torch-gpu-exact"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, D) float32 -> (scores, clip ids), each (Q, k'), best first; k' = min(k, size)."""
+        """(Q, D) float32 -> (scores, clip ids), each (Q, k'), best first; k' = min(k, size).
+
+        An IVF index may return fewer than k' for a query: missing places have id -1.
+        """
         k = min(k, len(self.coarse))
         if k <= 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
@@ -44,5 +50,6 @@ class CoarseSearcher:
             text = torch.from_numpy(queries).to(vectors.device, torch.float16)
             scores, rows = (text @ vectors.T).float().topk(k, dim=1)
             return scores.cpu().numpy(), ids[rows].cpu().numpy()
-        scores, ids = self._index.search(np.ascontiguousarray(queries, np.float32), k)
-        return scores, ids
+        if self._gpu_index is not None:
+            return self._gpu_index.search(np.ascontiguousarray(queries, np.float32), k)
+        return self.coarse.search(queries, k)

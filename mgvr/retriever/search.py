@@ -3,45 +3,38 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mgvr.config import IndexConfig
-from mgvr.errors import IncompatibleIndexError, IndexNotFoundError, UsageError
+from mgvr.config import IndexConfig, ModelIdentity
+from mgvr.errors import IncompatibleIndexError, IndexNotFoundError, MgvrError, UsageError
 from mgvr.model.clip import ClipEncoder, load_for_index, pick_device
 from mgvr.retriever.recall import CoarseSearcher
-from mgvr.retriever.rerank import score_candidates, stack_rows
-from mgvr.storage.catalog import Catalog
+from mgvr.retriever.rerank import batch_candidates, score_candidates
+from mgvr.retriever.results import Hit, SearchResult
+from mgvr.storage.catalog import Catalog, ClipRecord
 from mgvr.storage.coarse import CoarseIndex
 from mgvr.storage.fine import FineReader
 from mgvr.storage.layout import IndexLayout
 
 DEFAULT_RERANK_DEPTH = 50
 DEFAULT_LIMIT = 10
+CLIP_RECORD_CACHE = 200_000  # ~60 MB of catalog rows at most
 
 
-@dataclass(frozen=True)
-class Hit:
-    rank: int
-    score: float  # fine score when reranked, else the coarse score
-    path: str
-    start_s: float
-    end_s: float
-    best_moment_s: float  # time of the frame the TIB gate weighs most
-    clip_id: int
-    coarse_score: float
-    reranked: bool
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    query: str
-    hits: tuple[Hit, ...]
-    query_truncated: bool
-    timings_ms: dict[str, float] = field(default_factory=dict)
+def check_requested_model(root: Path, built: ModelIdentity, model: str | None,
+                          pretrained: str | None) -> None:
+    """Refuse a --model / --pretrained that differs from what built the index."""
+    if model is not None and Path(model).stem != built.name and model != built.name:
+        raise IncompatibleIndexError(
+            f"{root}: index built with {built.describe()}, not {model}; search it "
+            "without --model, or index with that model into another --index")
+    if pretrained is not None and pretrained != built.pretrained:
+        raise IncompatibleIndexError(
+            f"{root}: index built with weights {built.pretrained}, not "
+            f"{pretrained}; drop --pretrained or use the matching index")
 
 
 class Retriever:
@@ -56,20 +49,16 @@ class Retriever:
                 "or point --index / $MGVR_INDEX at an existing index")
         self.config = IndexConfig.load(self.layout.root)
         built = self.config.model
-        if model is not None and Path(model).stem != built.name and model != built.name:
-            raise IncompatibleIndexError(
-                f"{self.layout.root}: index built with {built.describe()}, not {model}; search it "
-                "without --model, or index with that model into another --index")
-        if pretrained is not None and pretrained != built.pretrained:
-            raise IncompatibleIndexError(
-                f"{self.layout.root}: index built with weights {built.pretrained}, not "
-                f"{pretrained}; drop --pretrained or use the matching index")
+        check_requested_model(self.layout.root, built, model, pretrained)
         self.device = pick_device(device)
         self.catalog = Catalog(self.layout.catalog, readonly=True)
         self.fine = FineReader(self.layout.fine_dir, built.embed_dim)
         self._encoder: ClipEncoder | None = None
         self._generation = -1
         self._searcher: CoarseSearcher | None = None
+        # Clip rows by id for the current generation. Ids are never reused, but a commit may
+        # move or rename a clip's file, so the cache starts over with each generation.
+        self._records: dict[int, ClipRecord] = {}
 
     @property
     def encoder(self) -> ClipEncoder:
@@ -84,7 +73,39 @@ class Retriever:
                       if generation else CoarseIndex.empty(self.config.model.embed_dim))
             self._searcher = CoarseSearcher(coarse, self.device)
             self._generation = generation
+            self._records = {}
         return self._searcher
+
+    def prefetch(self) -> None:
+        """Read the catalog file once so it sits in the page cache (a long-running server does
+        this at start): otherwise its first queries wait on random SQLite page reads. Measured
+        at 1M clips after a 30 GB write: lookups of 50 clips p50 2.3 ms; after reading the 63 MB
+        file (0.05 s), 0.22 ms. (posix_fadvise WILLNEED did not bring it in.)"""
+        buffer = bytearray(1 << 20)
+        for path in (self.layout.catalog, Path(f"{self.layout.catalog}-wal")):
+            try:
+                with open(path, "rb", buffering=0) as f:
+                    while f.readinto(buffer):
+                        pass
+            except OSError:
+                continue
+
+    def _clip_records(self, clip_ids: list[int]) -> dict[int, ClipRecord]:
+        """Catalog rows of these clips (those still in the catalog), cached per generation."""
+        missing = [i for i in clip_ids if i not in self._records]
+        if missing:
+            if len(self._records) + len(missing) > CLIP_RECORD_CACHE:
+                self._records = {}
+            self._records.update(self.catalog.clips_by_ids(missing))
+        return {i: self._records[i] for i in clip_ids if i in self._records}
+
+    def status(self) -> dict[str, object]:
+        """What a long-running server reports: index, generation, coarse layout, device."""
+        searcher = self._current_searcher()
+        return {"index": str(self.layout.root), "generation": self._generation,
+                "model": self.config.model.describe(), "device": str(self.device),
+                "coarse": {**searcher.coarse.describe(), "backend": searcher.backend},
+                "catalog": self.catalog.counts()}
 
     def encode_query(self, text: str) -> tuple[torch.Tensor, bool]:
         vectors, truncated = self.encoder.encode_texts([text])
@@ -123,16 +144,21 @@ class Retriever:
         clock = time.perf_counter()
         # Reranked candidates first by fine score; the rest keep their coarse order below them.
         fine_ids = clip_ids[:depth] if rerank else clip_ids[:limit]
-        shown = list(clip_ids[:max(depth, limit)] if rerank else clip_ids[:limit])
-        records = self.catalog.clips_by_ids(int(i) for i in shown)
+        shown = [int(i) for i in (clip_ids[:max(depth, limit)] if rerank else clip_ids[:limit])]
+        records = self._clip_records(shown)
         fine_ids = np.array([i for i in fine_ids if int(i) in records], np.int64)
-        rows = self.fine.read([(records[int(i)].part, records[int(i)].row) for i in fine_ids])
+        batch = self.fine.read_batch([(records[int(i)].part, records[int(i)].row)
+                                      for i in fine_ids])
+        if not np.array_equal(batch.clip_ids, fine_ids):
+            raise MgvrError(
+                f"{self.layout.fine_dir}: fine rows do not hold the clips the catalog places "
+                "there; run `mgvr verify --repair` or re-index")
         timings["fetch"] = (time.perf_counter() - clock) * 1000
 
         clock = time.perf_counter()
         fine_scores, moments = np.empty(0), np.empty(0)
-        if len(rows):
-            fine_scores, moments = score_candidates(query, stack_rows(rows, self.device))
+        if len(fine_ids):
+            fine_scores, moments = score_candidates(query, batch_candidates(batch, self.device))
         timings["rerank"] = (time.perf_counter() - clock) * 1000
 
         coarse_of = {int(i): float(s) for i, s in zip(clip_ids, coarse_scores, strict=True)}
@@ -140,9 +166,9 @@ class Retriever:
         if rerank:
             order = [int(fine_ids[i]) for i in np.argsort(-fine_scores, kind="stable")]
             score_of = {int(i): float(s) for i, s in zip(fine_ids, fine_scores, strict=True)}
-            order += [int(i) for i in shown if int(i) in records and int(i) not in score_of]
+            order += [i for i in shown if i in records and i not in score_of]
         else:
-            order = [int(i) for i in shown if int(i) in records]
+            order = [i for i in shown if i in records]
             score_of = coarse_of
         hits = []
         for rank, clip_id in enumerate(order[:limit], start=1):

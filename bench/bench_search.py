@@ -1,0 +1,387 @@
+"""Benchmark of search at scale, on synthetic indexes written through mgvr's real storage code.
+
+For each size (default 10k, 100k and 1M clips) it builds (or reuses, see --workdir) an index of
+CLIP-like synthetic features (`mgvr.retriever.synthetic`: Parquet parts with their sidecars,
+the FAISS generation whose layout the size decides, the SQLite catalog; no video decoding),
+opens it with the real Retriever and prints, measured in this run:
+
+1. search latency p50/p95 per stage (recall, fetch, rerank) and their sum, warm, with rerank
+   depth 50, for text-like query vectors; text encoding (the index's model) separately;
+   the fetch stage again with the index's fine files dropped from the page cache (cold);
+2. recall@50 of the coarse index actually used (IVF when large) against exact search;
+3. at --exhaustive-at clips: exhaustive fine scoring of every clip (features already in RAM,
+   so IO is not counted against it) vs coarse-to-fine, as a speed ratio, and how many of the
+   exhaustive top 10 the coarse-to-fine top 10 keeps;
+4. bytes per clip on disk (per file kind) and in RAM (anonymous and file-backed RSS growth
+   from opening the index and searching it, measured in a fresh process).
+
+The last line printed is one JSON object with every number (also written by --json-out).
+
+    .venv/bin/python bench/bench_search.py                        # 10k, 100k, 1M; D=512, F=12
+    .venv/bin/python bench/bench_search.py --sizes 10000,100000 --workdir /tmp/mgvr-bench
+    .venv/bin/python bench/bench_search.py --device cuda          # on a GPU machine
+
+The text model defaults to ViT-B-32 with random weights (`--pretrained none`): its text encode
+cost is realistic, and D=512. Build time is printed but is not what this script measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from mgvr.config import IndexConfig
+from mgvr.model.clip import ClipEncoder, pick_device
+from mgvr.model.scoring import rerank_score
+from mgvr.retriever.rerank import batch_candidates
+from mgvr.retriever.search import Retriever
+from mgvr.retriever.synthetic import SyntheticSpace, topics_for, write_index
+from mgvr.storage.coarse import recall_at_k
+from mgvr.storage.fine import SIDECAR_SUFFIX
+
+COLD_QUERIES = 30
+CAPTIONS = ["a man cooking pasta in a small kitchen", "a dog running on the beach",
+            "two people dancing at a wedding", "a car driving through the rain at night",
+            "children playing football in a park", "a cat sleeping on a sofa",
+            "a woman giving a talk on stage", "waves crashing against rocks at sunset"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="10000,100000,1000000",
+                   help="comma-separated clip counts (default 10000,100000,1000000)")
+    p.add_argument("--frames", type=int, default=12, help="frames per clip (default 12)")
+    p.add_argument("--model", default="ViT-B-32", help="text model: open_clip name or .json")
+    p.add_argument("--pretrained", default="none", help="weights tag or file (default none)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--queries", type=int, default=200, help="timed queries per size")
+    p.add_argument("--rerank-depth", type=int, default=50)
+    p.add_argument("--exhaustive-at", type=int, default=100_000,
+                   help="size at which to compare with exhaustive fine scoring (0: never)")
+    p.add_argument("--exhaustive-queries", type=int, default=3)
+    p.add_argument("--workdir", type=Path,
+                   help="keep indexes here and reuse them on the next run (default: a "
+                        "temporary folder, deleted at the end)")
+    p.add_argument("--threads", type=int,
+                   help="torch intra-op threads (default: torch's choice); the rerank itself "
+                        "runs on one CPU thread either way")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json-out", type=Path, help="also write the JSON result here")
+    args = p.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    if min(args.sizes) <= 0 or args.queries <= 0 or args.frames <= 0:
+        p.error("--sizes, --queries and --frames must be positive")
+    return args
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "faiss": faiss.__version__,
+            "torch_threads": torch.get_num_threads(), "device": str(device),
+            "python": platform.python_version(), "load_avg": os.getloadavg()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    return {"p50": round(float(np.percentile(values, 50)), 3),
+            "p95": round(float(np.percentile(values, 95)), 3)}
+
+
+def rss_bytes() -> dict[str, int]:
+    """Resident memory split into anonymous (heap: FAISS, caches) and file-backed (mapped
+    sidecar pages, libraries)."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def disk_usage(root: Path) -> dict[str, int]:
+    kinds = {"parquet": 0, "sidecar": 0, "faiss": 0, "catalog": 0, "other": 0}
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        if path.name.endswith(".parquet"):
+            kinds["parquet"] += size
+        elif path.name.endswith(SIDECAR_SUFFIX):
+            kinds["sidecar"] += size
+        elif path.name.endswith(".faiss"):
+            kinds["faiss"] += size
+        elif path.name.startswith("catalog.sqlite"):
+            kinds["catalog"] += size
+        else:
+            kinds["other"] += size
+    return kinds
+
+
+def _timed(owner: object, method: str) -> list[float]:
+    """Wrap owner.method to record each call's milliseconds in the returned list."""
+    seconds: list[float] = []
+    inner = getattr(owner, method)
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            seconds.append((time.perf_counter() - started) * 1000)
+
+    setattr(owner, method, timed)
+    return seconds
+
+
+def evict_page_cache(paths: list[Path]) -> None:
+    """Drop these files of the index from the page cache (no other file is touched), so the
+    next reads of them go to disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def ensure_index(root: Path, encoder: ClipEncoder, clips: int, frames: int, seed: int,
+                 space: SyntheticSpace) -> float | None:
+    """Build the index unless `root` already holds a complete one; seconds taken, or None."""
+    done = root / "bench-complete"
+    if done.is_file():
+        return None
+    if root.exists():
+        shutil.rmtree(root)
+    started = time.perf_counter()
+    write_index(root, encoder.identity, clips, frames, space, seed=seed)
+    done.write_text("ok\n")
+    return time.perf_counter() - started
+
+
+def exhaustive_vs_two_stage(retriever: Retriever, queries: np.ndarray, depth: int,
+                            count: int) -> dict:
+    """Score every clip with the fine score (features in RAM), and compare with search."""
+    catalog = retriever.catalog
+    clip_ids = catalog.all_clip_ids()
+    records = catalog.clips_by_ids(clip_ids)
+    batch = retriever.fine.read_batch([(records[i].part, records[i].row) for i in clip_ids])
+    device = retriever.device
+    chunk = 8192
+    seconds, kept = [], []
+    for query in queries[:count]:
+        text = torch.from_numpy(query)[None].to(device)
+        started = time.perf_counter()
+        scores = []
+        for start in range(0, len(clip_ids), chunk):
+            part = _slice(batch, start, start + chunk)
+            candidates = batch_candidates(part, device)
+            score, _ = rerank_score(text, candidates.coarse, candidates.frames,
+                                    candidates.frames, candidates.mask)
+            scores.append(score[0])
+        top = torch.cat(scores).topk(10).indices.cpu().numpy()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
+        exhaustive_top = {int(batch.clip_ids[i]) for i in top}
+        hits = retriever.search_vector(torch.from_numpy(query), 10, depth, True, {})
+        kept.append(len(exhaustive_top & {h.clip_id for h in hits}) / 10)
+    return {"exhaustive_ms": percentiles([s * 1000 for s in seconds]),
+            "top10_overlap_with_exhaustive": round(float(np.mean(kept)), 4)}
+
+
+def _slice(batch, start: int, stop: int):
+    from mgvr.storage.fine import FineBatch
+
+    return FineBatch(batch.clip_ids[start:stop], batch.n_frames[start:stop],
+                     batch.frame_times[start:stop], batch.features[start:stop],
+                     batch.coarse[start:stop])
+
+
+def measure(root: Path, clips: int, args: argparse.Namespace, space: SyntheticSpace,
+            encoder: ClipEncoder) -> dict:
+    rng = np.random.default_rng(args.seed + 1)
+    queries = space.queries(20 + args.queries + COLD_QUERIES, rng)
+    warm, timed, cold_queries = queries[:20], queries[20:-COLD_QUERIES], queries[-COLD_QUERIES:]
+    retriever = Retriever(root, device=args.device)
+    retriever._encoder = encoder  # the same model the index names; loaded once for all sizes
+    lookups = _timed(retriever.catalog, "clips_by_ids")  # the fetch stage, split in two
+    reads = _timed(retriever.fine, "read_batch")
+    retriever.encode_query(CAPTIONS[0])
+    # As `mgvr serve` starts: whatever the page cache held, prefetch the catalog, then warm up.
+    evict_page_cache([p for p in root.iterdir() if p.name.startswith("catalog.sqlite")])
+    retriever.prefetch()
+    for query in warm:  # loads FAISS, maps sidecars, warms torch
+        retriever.search_vector(torch.from_numpy(query), 10, args.rerank_depth, True, {})
+    # As in a served search, each query is encoded first (a caption: text encode is timed
+    # apart), then searched; the synthetic query vector stands in for its embedding, so that
+    # recall and rerank see text-like structure.
+    stages: dict[str, list[float]] = {"recall": [], "fetch": [], "rerank": [], "total": []}
+    encode = []
+    lookups.clear()
+    reads.clear()
+    for i, query in enumerate(timed):
+        started = time.perf_counter()
+        retriever.encode_query(CAPTIONS[i % len(CAPTIONS)])
+        encode.append((time.perf_counter() - started) * 1000)
+        timings: dict[str, float] = {}
+        retriever.search_vector(torch.from_numpy(query), 10, args.rerank_depth, True, timings)
+        for stage in ("recall", "fetch", "rerank"):
+            stages[stage].append(timings[stage])
+        stages["total"].append(timings["recall"] + timings["fetch"] + timings["rerank"])
+
+    # Cold: the same, with the sidecars just dropped from the page cache.
+    cold = {"fetch": [], "total": []}
+    fetch_parts = {"catalog_lookup": percentiles(lookups), "sidecar_read": percentiles(reads)}
+    for query in cold_queries:
+        evict_page_cache(list((root / "fine").iterdir()))
+        timings = {}
+        retriever.search_vector(torch.from_numpy(query), 10, args.rerank_depth, True, timings)
+        cold["fetch"].append(timings["fetch"])
+        cold["total"].append(timings["recall"] + timings["fetch"] + timings["rerank"])
+
+    searcher = retriever._current_searcher()
+    coarse = searcher.coarse
+    k = min(args.rerank_depth, clips)
+    ids, vectors = coarse.items()
+    _, rows = faiss.knn(timed, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    _, found = searcher.search(timed, k)
+    del vectors
+    result = {
+        "clips": clips,
+        "coarse": {**coarse.describe(), "backend": searcher.backend},
+        "latency_ms": {stage: percentiles(values) for stage, values in stages.items()},
+        "fetch_split_ms": fetch_parts,
+        "cold_page_cache_ms": {stage: percentiles(values) for stage, values in cold.items()},
+        "text_encode_ms": percentiles(encode),
+        f"recall_at_{k}_vs_exact": round(recall_at_k(found, ids[rows]), 4),
+        "disk_bytes_per_clip": {kind: round(size / clips, 1)
+                                for kind, size in disk_usage(root).items()},
+    }
+    if clips == args.exhaustive_at:
+        compared = exhaustive_vs_two_stage(retriever, timed, args.rerank_depth,
+                                           args.exhaustive_queries)
+        compared["speedup_vs_coarse_to_fine"] = round(
+            compared["exhaustive_ms"]["p50"] / result["latency_ms"]["total"]["p50"], 1)
+        result["exhaustive"] = compared
+    retriever.close()
+    return result
+
+
+def report(result: dict, build_s: float | None) -> None:
+    lat = result["latency_ms"]
+    recall_key = next(k for k in result if k.startswith("recall_at_"))
+    coarse = result["coarse"]
+    layout = coarse["kind"] + (f" nlist={coarse['nlist']} nprobe={coarse['nprobe']}"
+                               if coarse["kind"] == "ivf" else "")
+    print(f"\n== {result['clips']:,} clips ({layout}, {coarse['backend']})"
+          + (f", built in {build_s:.0f} s" if build_s else ", reused"))
+    for stage in ("recall", "fetch", "rerank", "total"):
+        print(f"  {stage:<12} p50 {lat[stage]['p50']:8.2f} ms   p95 {lat[stage]['p95']:8.2f} ms")
+    split = result["fetch_split_ms"]
+    print(f"  {'':<12} fetch = catalog lookup p50 {split['catalog_lookup']['p50']:.2f} ms + "
+          f"sidecar read p50 {split['sidecar_read']['p50']:.2f} ms")
+    cold = result["cold_page_cache_ms"]
+    print(f"  {'cold fetch':<12} p50 {cold['fetch']['p50']:8.2f} ms   p95 "
+          f"{cold['fetch']['p95']:8.2f} ms   (fine files dropped from the page cache; total p50 "
+          f"{cold['total']['p50']:.2f} ms)")
+    enc = result["text_encode_ms"]
+    print(f"  {'text encode':<12} p50 {enc['p50']:8.2f} ms   p95 {enc['p95']:8.2f} ms"
+          "   (not in total)")
+    print(f"  {recall_key.replace('_', ' ')}: {result[recall_key]}")
+    disk = result["disk_bytes_per_clip"]
+    print("  disk bytes/clip: " + ", ".join(f"{k} {v:,.0f}" for k, v in disk.items())
+          + f" (total {sum(disk.values()):,.0f})")
+    if "exhaustive" in result:
+        ex = result["exhaustive"]
+        print(f"  exhaustive fine scoring p50 {ex['exhaustive_ms']['p50']:.0f} ms: coarse-to-fine "
+              f"is {ex['speedup_vs_coarse_to_fine']}x faster; top-10 overlap "
+              f"{ex['top10_overlap_with_exhaustive']}")
+
+
+def ram_per_clip(root: Path, clips: int, queries: int, seed: int) -> dict[str, float]:
+    """RSS growth from opening the index and searching it, per clip, in a fresh process with
+    torch imported but no model loaded and nothing else allocated (freed memory that the
+    allocator reuses would hide growth)."""
+    dim = IndexConfig.load(root).model.embed_dim
+    vectors = SyntheticSpace.make(dim, topics_for(clips), seed=seed).queries(
+        queries, np.random.default_rng(seed + 2))
+    before = rss_bytes()
+    retriever = Retriever(root, device="cpu")
+    for query in vectors:
+        retriever.search_vector(torch.from_numpy(query), 10, 50, True, {})
+    after = rss_bytes()
+    return {key: round((after[key] - before[key]) / clips, 1) for key in after}
+
+
+def one_size(args: argparse.Namespace, clips: int, workdir: Path) -> dict:
+    """Build (or reuse) and measure one size. Runs in a fresh process per size, so that its RSS
+    growth is its own and not memory an earlier size freed and this one reused."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    encoder = ClipEncoder.load(args.model, args.pretrained, args.device)
+    dim = encoder.embed_dim
+    space = SyntheticSpace.make(dim, topics_for(clips), seed=args.seed)
+    root = workdir / f"n{clips}-f{args.frames}-d{dim}-s{args.seed}"
+    print(f"\nbuilding {clips:,} clips in {root} ({shutil.disk_usage(workdir).free / 1e9:.0f} GB "
+          "free) ...", flush=True)
+    build_s = ensure_index(root, encoder, clips, args.frames, args.seed, space)
+    result = measure(root, clips, args, space, encoder)
+    result["build_s"] = round(build_s, 1) if build_s else None
+    result["root"] = str(root)
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    report(result, build_s)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    args.device = str(device)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mgvr-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {json.dumps(machine_info(device))}")
+    print(f"model {args.model} ({args.pretrained}), F={args.frames}, workdir {workdir}")
+    results = []
+    try:
+        for clips in args.sizes:
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                result = pool.submit(one_size, args, clips, workdir).result()
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                result["ram_bytes_per_clip"] = pool.submit(
+                    ram_per_clip, Path(result["root"]), clips, args.queries, args.seed).result()
+            print("  RAM bytes/clip after opening the index and searching it (fresh process): "
+                  + ", ".join(f"{k} {v:,.0f}" for k, v in result["ram_bytes_per_clip"].items()),
+                  flush=True)
+            results.append(result)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    summary = {"machine": machine_info(device), "frames": args.frames,
+               "rerank_depth": args.rerank_depth, "results": results}
+    line = json.dumps(summary)
+    if args.json_out:
+        args.json_out.write_text(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The `mgvr serve` command, registered on the CLI app by `register(app)`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mgvr.errors import MgvrError, UsageError
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds serve_forever, so serve.json is removed on the way out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        index_dir: Annotated[Path | None, typer.Option(
+            "--index", help="Index directory. Default: $MGVR_INDEX, else the per-user data "
+                            "directory.", show_default=False)] = None,
+        port: Annotated[int, typer.Option(
+            help="TCP port on 127.0.0.1; 0 picks a free one (recorded in <index>/serve.json).")]
+            = 0,
+        device: Annotated[str | None, typer.Option(
+            help="torch device, e.g. cpu or cuda:0. Default: cuda when available, else cpu.")]
+            = None,
+        threads: Annotated[int | None, typer.Option(
+            help="CPU threads for torch (text encoding). Default: torch's choice; 1 is faster "
+                 "on a small or busy machine.", show_default=False)] = None,
+    ) -> None:
+        """Keep the model and index warm and answer searches over HTTP JSON on localhost;
+        `mgvr search` on the same index uses it (see README, Serving)."""
+        from mgvr.serve import discovery
+        from mgvr.serve.client import running_server
+        from mgvr.storage.layout import default_index_dir
+
+        root = default_index_dir(index_dir)
+        try:
+            if not 0 <= port <= 65535:
+                raise UsageError(f"--port must be 0 to 65535, not {port}")
+            if threads is not None and threads <= 0:
+                raise UsageError(f"--threads must be positive, not {threads}")
+            other = running_server(root)
+            if other is not None:
+                raise UsageError(f"{root}: already served by pid {other.pid} on port "
+                                 f"{other.port}; stop it first or search through it")
+            import torch  # only once there is work to do
+
+            from mgvr.retriever.search import Retriever
+            from mgvr.serve.server import SearchService, make_server
+
+            if threads is not None:
+                torch.set_num_threads(threads)
+            service = SearchService(Retriever(root, device=device))
+            service.warm_up()
+            server = make_server(service, port)
+        except OSError as e:
+            typer.echo(f"mgvr: error: cannot listen on 127.0.0.1:{port}: {e.strerror}", err=True)
+            raise typer.Exit(1) from None
+        except MgvrError as e:
+            typer.echo(f"mgvr: error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        info = discovery.ServeInfo(os.getpid(), server.server_address[1], service.index,
+                                   str(service.retriever.device), time.time())
+        try:
+            discovery.write(root, info)
+        except OSError as e:
+            typer.echo(f"mgvr: warning: cannot write {root / discovery.SERVE_FILENAME} "
+                       f"({e.strerror}); `mgvr search` will not find this server", err=True)
+        signal.signal(signal.SIGTERM, _stop)
+        typer.echo(f"mgvr: serving {root} on http://{info.host}:{info.port} (pid {info.pid})",
+                   err=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            discovery.remove_if_ours(root, info.pid)
+            server.server_close()

@@ -1,0 +1,143 @@
+"""`mgvr serve`: a real server process on localhost over a real (synthetic) index, and the real
+`mgvr search` finding it, or falling back to searching in-process."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import run_cli
+
+from mgvr.model.clip import ClipEncoder
+from mgvr.retriever.search import Retriever
+from mgvr.retriever.synthetic import SyntheticSpace, write_index
+from mgvr.serve import discovery
+from mgvr.serve.client import request, search_via_server
+
+QUERY = "a red car on a bridge"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model):
+    """A synthetic index of the tiny model and an `mgvr serve` process for it."""
+    identity = ClipEncoder.load(tiny_model["model"], tiny_model["pretrained"], "cpu").identity
+    root = tmp_path_factory.mktemp("served") / "index"
+    write_index(root, identity, 3000, 4, SyntheticSpace.make(identity.embed_dim, 16))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mgvr.cli", "serve", "--index", str(root), "--device", "cpu",
+         "--threads", "1"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 120
+    while (info := discovery.read(root)) is None or info.pid != process.pid:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"mgvr serve did not start: {process.communicate()[1]}")
+        time.sleep(0.1)
+    yield root, process, info
+    process.kill()
+    process.wait(30)
+
+
+def _served_count(info) -> int:
+    status, payload = request(info, "GET", "/status")
+    assert status == 200
+    return payload["queries_served"]
+
+
+def test_health_status_and_search_endpoints(served):
+    root, process, info = served
+    assert request(info, "GET", "/health") == (
+        200, {"status": "ok", "pid": process.pid, "index": os.path.realpath(root)})
+    status, payload = request(info, "GET", "/status")
+    assert status == 200 and payload["generation"] == 1 and payload["device"] == "cpu"
+    assert payload["coarse"] == {"kind": "exact", "clips": 3000, "backend": "faiss-cpu-exact"}
+    assert payload["catalog"]["clips"] == 3000
+
+    status, posted = request(info, "POST", "/search", {"query": QUERY, "limit": 5})
+    assert status == 200 and posted["schema"] == "mgvr.search/1" and posted["reranked"]
+    assert [hit["rank"] for hit in posted["hits"]] == [1, 2, 3, 4, 5]
+    assert posted["context_length"] == 77
+    assert set(posted["timings_ms"]) == {"text_encode", "recall", "fetch", "rerank"}
+    status, got = request(info, "GET", "/search?q=a+red+car+on+a+bridge&limit=5")
+    assert status == 200 and got["hits"] == posted["hits"]
+
+
+@pytest.mark.parametrize("method, path, body, status, message", [
+    ("POST", "/search", {"query": "  "}, 400, "empty query"),
+    ("POST", "/search", {"query": "x", "limit": 0}, 400, "--limit must be positive"),
+    ("POST", "/search", {"query": "x", "rerank": "yes"}, 400, "must be true or false"),
+    ("POST", "/search", {"query": "x", "index": "/elsewhere"}, 409, "not /elsewhere"),
+    ("GET", "/nowhere", None, 404, "no endpoint /nowhere"),
+])
+def test_bad_requests_get_one_line_errors(served, method, path, body, status, message):
+    _, _, info = served
+    answer, payload = request(info, method, path, body)
+    assert answer == status and message in payload["error"]
+
+
+def test_cli_search_is_answered_by_the_server_like_in_process(served):
+    root, _, info = served
+    before = _served_count(info)
+    result = run_cli("search", QUERY, "--index", str(root), "--json", "-n", "7")
+    assert result.returncode == 0, result.stderr
+    assert _served_count(info) == before + 1
+    served_hits = json.loads(result.stdout)["hits"]
+    local = Retriever(root, device="cpu").search(QUERY, limit=7).hits
+    assert [h["clip_id"] for h in served_hits] == [h.clip_id for h in local]
+    assert [h["score"] for h in served_hits] == pytest.approx([h.score for h in local], abs=1e-5)
+
+    refused = run_cli("search", QUERY, "--index", str(root), "--model", "ViT-B-32")
+    assert refused.returncode == 2 and "index built with mgvr-test-tiny" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_server_of_another_index_is_not_used(served, tmp_path):
+    root, _, info = served
+    copy = shutil.copytree(root, tmp_path / "copy")  # serve.json included: names the original
+    before = _served_count(info)
+    assert search_via_server(copy, QUERY, 3, 50, True) is None  # `mgvr search` goes in-process
+    assert _served_count(info) == before  # the server refused a request for another index
+    assert search_via_server(root, QUERY, 3, 50, True, device="cuda:0") is None
+    result, context_length = search_via_server(root, QUERY, 3, 50, True, device="cpu")
+    assert len(result.hits) == 3 and context_length == 77
+
+
+def test_stale_or_unreachable_server_files_are_ignored(served, tmp_path):
+    root, _, info = served
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid, port in [(dead.pid, info.port), (os.getpid(), _closed_port())]:
+        discovery.write(tmp_path, discovery.ServeInfo(pid, port, os.path.realpath(tmp_path),
+                                                      "cpu", time.time()))
+        assert search_via_server(tmp_path, QUERY, 5, 50, True) is None
+    (tmp_path / discovery.SERVE_FILENAME).write_text("{not json")
+    assert search_via_server(tmp_path, QUERY, 5, 50, True) is None
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_client_side_imports_no_torch():
+    code = ("import sys; import mgvr.cli; from mgvr.serve import client; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_second_server_is_refused_and_sigterm_cleans_up(served):
+    root, process, info = served
+    second = run_cli("serve", "--index", str(root))
+    assert second.returncode == 2
+    assert f"already served by pid {process.pid} on port {info.port}" in second.stderr
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    assert not (root / discovery.SERVE_FILENAME).exists()
