@@ -19,6 +19,7 @@ from mgvr.storage.catalog import Catalog, NewClip, VideoUpdate
 from mgvr.storage.coarse import CoarseIndex
 from mgvr.storage.fine import FinePartWriter, FineRow
 from mgvr.storage.layout import IndexLayout
+from mgvr.storage.maintenance import part_metadata
 
 KEEP_PREVIOUS_GENERATIONS = 1  # readers that opened the previous generation keep working
 
@@ -44,6 +45,9 @@ class IndexWriter:
         self._part: FinePartWriter | None = None
         self._part_name: str | None = None
         self._removals: list[str] = []
+        # Vectors of replaced or deleted files, removed in one pass per commit: each removal
+        # scans the whole FAISS index.
+        self._stale_clip_ids: list[int] = []
         self._moves: list[tuple[str, str, int, int]] = []
         self._updates: list[VideoUpdate] = []
         self.clips_added = 0
@@ -51,10 +55,10 @@ class IndexWriter:
         self.last_commit = time.monotonic()
 
     def _drop_existing(self, path: str) -> None:
-        """Take a file's old clips out of the coarse index now; the catalog rows go at commit."""
+        """Schedule a file's old clips to leave the coarse index and catalog at commit."""
         clip_ids = self.catalog.clip_ids_of(path)
         if clip_ids is not None:
-            self.coarse.remove(clip_ids)
+            self._stale_clip_ids += clip_ids
             self._removals.append(path)
 
     def remove(self, path: str) -> None:
@@ -93,9 +97,7 @@ class IndexWriter:
         if self._part is None:
             self._part_name = self.layout.fine_part_name(self.catalog.next_part_number())
             self._part = FinePartWriter(self.layout.fine_part(self._part_name),
-                                        {"model": self.config.model.describe(),
-                                         "weights_sha256": self.config.model.weights_sha256,
-                                         "dim": self.config.model.embed_dim})
+                                        part_metadata(self.config))
         return self._part
 
     def pending(self) -> bool:
@@ -109,7 +111,8 @@ class IndexWriter:
         if self._part is not None:
             self._part.close()
             part_rows = self._part.rows
-        generation = self.catalog.generation() + 1
+        self.coarse.remove(self._stale_clip_ids)
+        generation = max([self.catalog.generation(), *self.layout.coarse_generations()]) + 1
         self.coarse.save(self.layout.coarse(generation))
         with self.catalog.transaction():
             for path in self._removals:
@@ -130,6 +133,7 @@ class IndexWriter:
         self._part = None
         self._part_name = None
         self._removals.clear()
+        self._stale_clip_ids.clear()
         self._moves.clear()
         self._updates.clear()
         self.last_commit = time.monotonic()

@@ -37,6 +37,13 @@ def check_requested_model(root: Path, built: ModelIdentity, model: str | None,
             f"{pretrained}; drop --pretrained or use the matching index")
 
 
+READ_ATTEMPTS = 3
+
+
+class FineRowMismatch(MgvrError):
+    """A fine row holds another clip than the catalog says (a compaction raced the read)."""
+
+
 class Retriever:
     """Opens an index read-only; safe to use while `mgvr index` writes the same index."""
 
@@ -69,12 +76,30 @@ class Retriever:
     def _current_searcher(self) -> CoarseSearcher:
         generation = self.catalog.generation()
         if generation != self._generation or self._searcher is None:
-            coarse = (CoarseIndex.load(self.layout.coarse(generation), self.config.model.embed_dim)
-                      if generation else CoarseIndex.empty(self.config.model.embed_dim))
-            self._searcher = CoarseSearcher(coarse, self.device)
+            self._searcher = CoarseSearcher(self._load_coarse(generation), self.device)
             self._generation = generation
             self._records = {}
         return self._searcher
+
+    def _load_coarse(self, generation: int) -> CoarseIndex:
+        """The FAISS file of `generation`; if a writer committed twice since the catalog was
+        read and deleted that file meanwhile, the newer generation is taken instead."""
+        dim = self.config.model.embed_dim
+        for _ in range(READ_ATTEMPTS):
+            if generation == 0:
+                return CoarseIndex.empty(dim)
+            path = self.layout.coarse(generation)
+            if path.is_file():
+                try:
+                    return CoarseIndex.load(path, dim)
+                except IncompatibleIndexError:
+                    if path.is_file():
+                        raise
+            newer = self.catalog.generation()
+            if newer == generation:
+                break
+            generation = newer
+        return CoarseIndex.load(self.layout.coarse(generation), dim)
 
     def prefetch(self) -> None:
         """Read the catalog file once so it sits in the page cache (a long-running server does
@@ -129,7 +154,21 @@ class Retriever:
 
     def search_vector(self, query: torch.Tensor, limit: int, rerank_depth: int, rerank: bool,
                       timings: dict[str, float]) -> list[Hit]:
-        """Both stages for an encoded (D,) query; fills `timings` (ms) per stage."""
+        """Both stages for an encoded (D,) query; fills `timings` (ms) per stage.
+
+        A concurrent `mgvr compact` may delete a part between the catalog lookup and the
+        read; the search then starts over on the catalog's new generation."""
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return self._search_vector(query, limit, rerank_depth, rerank, timings)
+            except (OSError, FineRowMismatch):
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                self._searcher = None
+        raise AssertionError("unreachable")
+
+    def _search_vector(self, query: torch.Tensor, limit: int, rerank_depth: int, rerank: bool,
+                       timings: dict[str, float]) -> list[Hit]:
         clock = time.perf_counter()
         searcher = self._current_searcher()
         depth = rerank_depth if rerank else 0
@@ -150,7 +189,7 @@ class Retriever:
         batch = self.fine.read_batch([(records[int(i)].part, records[int(i)].row)
                                       for i in fine_ids])
         if not np.array_equal(batch.clip_ids, fine_ids):
-            raise MgvrError(
+            raise FineRowMismatch(
                 f"{self.layout.fine_dir}: fine rows do not hold the clips the catalog places "
                 "there; run `mgvr verify --repair` or re-index")
         timings["fetch"] = (time.perf_counter() - clock) * 1000

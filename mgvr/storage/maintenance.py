@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,12 @@ from mgvr.storage.fine import FinePartWriter, FineReader
 from mgvr.storage.layout import IndexLayout
 
 COARSE_TOLERANCE = 1e-3  # FAISS float32 vs the Parquet copy of the same coarse vector
+
+
+def part_metadata(config: IndexConfig) -> dict[str, object]:
+    """What every Parquet part records about the model and shape of its rows."""
+    return {"model": config.model.describe(), "weights_sha256": config.model.weights_sha256,
+            "dim": config.model.embed_dim, "frames_per_clip": config.frames_per_clip}
 
 
 def part_stem(name: str) -> str:
@@ -158,7 +165,7 @@ def _check_coarse(layout, catalog, dim, live, report) -> tuple[CoarseIndex | Non
     except MgvrError as e:
         report.problems.append(f"coarse: {e}")
         return None, False
-    ids = coarse.ids()
+    ids = coarse.ids()  # (IVF lists included)
     ok = True
     if len(ids) != len(set(ids.tolist())):
         report.problems.append(f"coarse: {len(ids) - len(set(ids.tolist()))} duplicate vectors")
@@ -177,9 +184,8 @@ def _check_coarse(layout, catalog, dim, live, report) -> tuple[CoarseIndex | Non
 
 
 def _compare_coarse_vectors(layout, coarse, locations, dim, bad_clips, report) -> None:
-    if not hasattr(coarse.index, "index") or not hasattr(coarse.index.index, "reconstruct_n"):
-        return
-    stored = dict(zip(coarse.ids().tolist(), coarse.vectors(), strict=True))
+    ids, vectors = coarse.items()
+    stored = dict(zip(ids.tolist(), vectors, strict=True))
     reader = FineReader(layout.fine_dir, dim)
     good = [(clip_id, part, row) for clip_id, part, row, _, _ in locations
             if clip_id not in bad_clips]
@@ -257,19 +263,25 @@ def compact(layout: IndexLayout, catalog: Catalog, config: IndexConfig) -> Compa
         rows = reader.read([(part, row) for _, row in live])
         if writer is None:
             name = layout.fine_part_name(number)
-            writer = FinePartWriter(layout.fine_part(name), {
-                "model": config.model.describe(), "weights_sha256": config.model.weights_sha256,
-                "dim": config.model.embed_dim})
+            writer = FinePartWriter(layout.fine_part(name), part_metadata(config))
         for (clip_id, _), fine in zip(live, rows, strict=True):
             moves.append((clip_id, name, writer.append(fine)))
     if writer is not None:
         writer.close()
         new_parts.append((name, writer.rows))
+    # Readers cache clip locations per generation: a new generation (the same FAISS file,
+    # hard-linked) tells them the locations moved.
+    generation = catalog.generation()
+    next_generation = max([generation, *layout.coarse_generations()]) + 1
+    if generation:
+        os.link(layout.coarse(generation), layout.coarse(next_generation))
     with catalog.transaction():
         for name, rows in new_parts:
             catalog.add_part(name, rows)
         catalog.relocate_clips(moves)
         catalog.remove_parts(list(stale))
+        if generation:
+            catalog.set_generation(next_generation)
     for part in stale:
         for path in layout.fine_dir.glob(f"{part_stem(part)}.*"):
             with contextlib.suppress(OSError):
