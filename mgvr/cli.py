@@ -96,7 +96,7 @@ def index(
              "length (new index only). Default: 15.", show_default=False)] = None,
     device: Device = None,
     workers: Annotated[int | None, typer.Option(
-        help="Parallel ffmpeg decoders. Default: CPU count, 2 to 8.", show_default=False)] = None,
+        help="Parallel ffmpeg decoders. Default: CPU count, 2 to 16.", show_default=False)] = None,
     decode_timeout: Annotated[float, typer.Option(
         help="Seconds one ffmpeg or ffprobe call may take before the file is marked failed.")]
         = 120.0,
