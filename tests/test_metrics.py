@@ -1,0 +1,115 @@
+"""Retrieval metrics against rankings worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from mgvr.model.scoring import RerankWeights, coarse_vectors, rerank_score
+from mgvr.training.evaluate import EncodedSplit, evaluate_rankings, time_queries
+from mgvr.training.metrics import (
+    coarse_to_fine_ranks,
+    summarize,
+    target_ranks,
+    video_to_text_ranks,
+)
+
+
+def test_target_ranks_by_hand_with_pessimistic_ties():
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.3],   # true 0: best -> 1
+                           [0.9, 0.1, 0.5, 0.3],   # true 3: below 0.9 and 0.5 -> 3
+                           [0.2, 0.2, 0.2, 0.2],   # all tied, true 1 -> worst, 4
+                           [0.4, 0.7, 0.7, 0.1]])  # true 2 tied with 1 -> 3 (0.4 is below)
+    targets = torch.tensor([0, 3, 1, 2])
+    assert target_ranks(scores, targets).tolist() == [1, 3, 4, 2]
+
+
+def test_summary_by_hand():
+    summary = summarize(torch.tensor([1, 2, 6, 11]))
+    assert summary.r1 == 25.0 and summary.r5 == 50.0 and summary.r10 == 75.0
+    assert summary.median_rank == 4.0  # (2 + 6) / 2, as numpy.median
+    assert summary.mean_rank == 5.0 and summary.count == 4
+    odd = summarize(torch.tensor([3, 1, 2]))
+    assert odd.median_rank == 2.0 and math.isclose(odd.r1, 100 / 3)
+
+
+def test_coarse_to_fine_ranks_by_hand():
+    # Coarse order 0,1,2,3,4. Depth 3 keeps {0,1,2}; by fine they go 2,1,0; then 3,4.
+    coarse = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5]]).repeat(5, 1)
+    fine = torch.tensor([[0.1, 0.5, 0.9, 0.2, 0.99]]).repeat(5, 1)
+    targets = torch.arange(5)
+    assert coarse_to_fine_ranks(coarse, fine, targets, 3).tolist() == [3, 2, 1, 4, 5]
+    # Depth 1: only clip 0 is re-scored; everything keeps the coarse order.
+    assert coarse_to_fine_ranks(coarse, fine, targets, 1).tolist() == [1, 2, 3, 4, 5]
+    # Full depth is exhaustive fine ranking: 4 (0.99) first, then 2, 1, 3, 0.
+    assert coarse_to_fine_ranks(coarse, fine, targets, 5).tolist() == [5, 3, 2, 4, 1]
+    assert coarse_to_fine_ranks(coarse, fine, targets, 50).tolist() == \
+        target_ranks(fine, targets).tolist()
+
+
+def test_video_to_text_ranks_by_hand():
+    # Queries 0 and 1 describe video 0; query 2 describes video 1.
+    scores = torch.tensor([[0.2, 0.9],
+                           [0.6, 0.1],
+                           [0.5, 0.3]])
+    targets = torch.tensor([0, 0, 1])
+    # Video 0 ranks queries 1 (0.6), 2 (0.5), 0 (0.2): its own best is query 1 -> 1.
+    # Video 1 ranks queries 0 (0.9), 2 (0.3), 1 (0.1): its own query 2 -> 2.
+    assert video_to_text_ranks(scores, targets).tolist() == [1, 2]
+
+
+def _split(n=30, f=6, d=16, seed=0) -> EncodedSplit:
+    generator = torch.Generator().manual_seed(seed)
+    frames = torch.nn.functional.normalize(torch.randn(n, f, d, generator=generator), dim=-1)
+    mask = torch.ones(n, f, dtype=torch.bool)
+    mask[::4, 4:] = False
+    frames = frames * mask.unsqueeze(-1)
+    # Each caption is a noisy copy of one frame of its clip: a brief-event-like query.
+    targets = torch.arange(n)
+    text = torch.nn.functional.normalize(
+        frames[targets, 1] + 0.3 * torch.randn(n, d, generator=generator), dim=-1)
+    return EncodedSplit(text, frames, frames, mask, coarse_vectors(frames, mask), targets,
+                        tuple("brief" if i % 2 else "scene" for i in range(n)), None, None)
+
+
+def test_evaluate_rankings_agree_with_scores_and_depths():
+    split = _split()
+    results = evaluate_rankings(split, depths=(1, 5, 30))
+    fine, _ = rerank_score(split.text, split.coarse, split.frames, split.head_frames,
+                           split.mask, RerankWeights())
+    expected = summarize(target_ranks(fine, split.targets))
+    assert results["fine"].text_to_video == expected
+    assert results["coarse_to_fine@30"].text_to_video == expected  # depth = every clip
+    assert results["coarse_to_fine@1"].text_to_video == results["coarse"].text_to_video
+    assert results["coarse_to_fine@30"].video_to_text is None
+    assert set(results["fine"].by_kind) == {"brief", "scene"}
+    assert results["fine"].by_kind["brief"].count == 15
+    # Text built from a single frame: the fine score finds it better than the mean vector.
+    assert results["fine"].text_to_video.r1 > results["coarse"].text_to_video.r1
+
+
+def test_time_queries_reports_every_method_and_replicates():
+    split = _split()
+    timings = time_queries(split, depths=(5,), queries=3)
+    assert set(timings) == {"coarse", "fine", "coarse_to_fine@5"}
+    assert all(value > 0 for value in timings.values())
+    bigger = split.replicate(95)
+    assert bigger.frames.shape[0] == 95 and torch.equal(bigger.frames[30], split.frames[0])
+    assert len(time_queries(bigger, depths=(5,), queries=2)) == 3
+
+
+def test_summary_of_nothing_is_nan():
+    assert math.isnan(summarize(torch.tensor([], dtype=torch.int64)).r1)
+
+
+@pytest.mark.parametrize("depth", [2, 7])
+def test_coarse_to_fine_matches_a_naive_reordering(depth):
+    generator = torch.Generator().manual_seed(depth)
+    coarse, fine = torch.rand(6, 9, generator=generator), torch.rand(6, 9, generator=generator)
+    targets = torch.randint(0, 9, (6,), generator=generator)
+    got = coarse_to_fine_ranks(coarse, fine, targets, depth).tolist()
+    for q in range(6):
+        by_coarse = sorted(range(9), key=lambda i: -coarse[q, i].item())
+        head = sorted(by_coarse[:depth], key=lambda i: -fine[q, i].item())
+        order = head + by_coarse[depth:]
+        assert got[q] == order.index(targets[q].item()) + 1

@@ -1,0 +1,91 @@
+"""The synthetic corpus: real mp4 files in the MSR-VTT layout, captions true to the pictures."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mgvr.indexer.decode import ClipSpan, FrameRecipe, decode_clip, probe
+from mgvr.training.datasets import read_msrvtt
+from mgvr.training.synthetic import COLOURS, Scene, generate_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    summary = generate_corpus(root, train_clips=6, test_clips=30, seed=5)
+    assert summary.written == 36
+    return root
+
+
+def _scenes(root: Path) -> dict[str, Scene]:
+    videos = json.loads((root / "MSRVTT_data.json").read_text())["videos"]
+    fields = set(Scene.__dataclass_fields__)
+    return {v["video_id"]: Scene(**{k: (tuple(x) if isinstance(x, list) else x)
+                                    for k, x in v.items() if k in fields}) for v in videos}
+
+
+def test_layout_reads_as_msrvtt(corpus):
+    train, test = read_msrvtt(corpus, "train"), read_msrvtt(corpus, "test")
+    assert len(train.videos) == 6 and len(train.captions) == 24  # 4 captions each
+    assert len(test.videos) == 30 and len(test.captions) == 30
+    assert set(test.caption_kind) == {"scene", "brief"}
+    assert all(path.suffix == ".mp4" and path.is_file() for path in train.videos + test.videos)
+    with (corpus / "MSRVTT_JSFUSION_test.csv").open() as f:
+        assert list(next(csv.reader(f))) == ["key", "vid_key", "video_id", "sentence", "kind"]
+
+
+def test_test_queries_match_only_their_own_clip(corpus):
+    scenes = _scenes(corpus)
+    with (corpus / "MSRVTT_JSFUSION_test.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        own = scenes[row["video_id"]]
+        key = own.scene_key() if row["kind"] == "scene" else own.brief_key()
+        matching = [r["video_id"] for r in rows
+                    if (scenes[r["video_id"]].scene_key() if row["kind"] == "scene"
+                        else scenes[r["video_id"]].brief_key()) == key]
+        assert matching == [row["video_id"]]
+        words = row["sentence"].split()
+        assert own.colour in words and own.shape in words
+        if row["kind"] == "brief":
+            assert own.brief_colour in words and own.brief_shape in words
+        else:
+            assert own.background in words and own.direction in words
+
+
+def test_brief_object_shows_in_two_of_twelve_sampled_frames(corpus):
+    scenes = _scenes(corpus)
+    for video_id in ("video0", "video7"):
+        path = str(corpus / "videos" / f"{video_id}.mp4")
+        info = probe(path, 30)
+        clip = decode_clip(path, info, ClipSpan(0, 0.0, info.duration_s), 12, FrameRecipe(64), 30)
+        colour = np.array(COLOURS[scenes[video_id].brief_colour])
+        near = (np.abs(clip.frames.astype(int) - colour).sum(-1) < 60).sum(axis=(1, 2))
+        # The main object never has the brief object's colour, so only brief frames light up.
+        assert (near > 15).sum() == 2, near.tolist()
+
+
+def test_regenerating_keeps_existing_videos(corpus):
+    before = (corpus / "videos" / "video3.mp4").stat().st_mtime_ns
+    assert generate_corpus(corpus, train_clips=6, test_clips=30, seed=5).written == 0
+    assert (corpus / "videos" / "video3.mp4").stat().st_mtime_ns == before
+
+
+def test_demo_generates_the_corpus_from_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from mgvr.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["demo", str(tmp_path / "demo"), "--train-clips", "3",
+                                 "--test-clips", "2", "--generate-only"])
+    assert result.exit_code == 0, result.output
+    corpus = tmp_path / "demo" / "corpus"
+    assert len(read_msrvtt(corpus, "train").videos) == 3
+    assert len(read_msrvtt(corpus, "test").videos) == 2
+    too_many = runner.invoke(app, ["demo", str(tmp_path / "demo"), "--test-clips", "301",
+                                   "--generate-only"])
+    assert too_many.exit_code == 2 and "--test-clips" in too_many.output
