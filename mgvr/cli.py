@@ -117,8 +117,10 @@ def index(
         "--quiet", "-q", help="No progress or summary; only failures are printed (for cron).")]
         = False,
 ) -> None:
-    """Index every video under FOLDER: new files are added, changed ones re-indexed, deleted
-    ones removed, unchanged ones skipped."""
+    """Index every video under FOLDER (new, changed, moved and deleted files are handled).
+
+    Unchanged files are skipped without decoding, so it is cheap to run from cron.
+    """
     from mgvr.indexer import Indexer, IndexOptions
     from mgvr.storage.layout import default_index_dir
 
@@ -191,8 +193,7 @@ def verify(
         = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for a running index job.")] = 0.0,
 ) -> None:
-    """Check catalog, FAISS and Parquet against each other. Exit 0 when consistent, 1 when
-    problems remain."""
+    """Check catalog, FAISS and Parquet against each other (exit 1 when problems remain)."""
     from mgvr.storage.catalog import Catalog
     from mgvr.storage.lock import WriterLock
     from mgvr.storage.maintenance import verify as verify_index

@@ -33,8 +33,10 @@ def register(app: typer.Typer) -> None:
             help="CPU threads for torch (text encoding). Default: torch's choice; 1 is faster "
                  "on a small or busy machine.", show_default=False)] = None,
     ) -> None:
-        """Keep the model and index warm and answer searches over HTTP JSON on localhost;
-        `mgvr search` on the same index uses it (see README, Serving)."""
+        """Answer searches over HTTP JSON on localhost with the model and index kept warm.
+
+        `mgvr search` on the same index uses the server when it runs (see README, Serving).
+        """
         from mgvr.serve import discovery
         from mgvr.serve.client import running_server
         from mgvr.storage.layout import default_index_dir
