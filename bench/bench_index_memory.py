@@ -81,7 +81,7 @@ def main() -> None:
     tenth = samples[max(1, files // 10)]
     print(f"growth from file #{files // 10} to #{files}: {samples[files] - tenth:+.1f} MB "
           f"({(samples[files] - tenth) / max(1, files - files // 10) * 1e3:+.1f} kB per file)")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # ru_maxrss: KiB
     print(f"peak RSS of the indexing process: {peak:.0f} MB")
 
 
