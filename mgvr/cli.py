@@ -88,6 +88,10 @@ def index(
     pretrained: Annotated[str | None, typer.Option(
         help="Pretrained tag (e.g. openai, laion2b_s34b_b79k), a local weights file, or 'none' "
              "for random weights. Default: openai for ViT-B-32.", show_default=False)] = None,
+    model_checkpoint: Annotated[Path | None, typer.Option(
+        help="A `mgvr train` checkpoint directory: its fine-tuned CLIP, temporal head, W_g and "
+             "W_f build the index (new index only; search then uses them too).",
+        show_default=False)] = None,
     frames: Annotated[int | None, typer.Option(
         help="Frames sampled uniformly per clip (new index only). Default: 12.",
         show_default=False)] = None,
@@ -124,7 +128,9 @@ def index(
     from mgvr.indexer import Indexer, IndexOptions
     from mgvr.storage.layout import default_index_dir
 
-    options = IndexOptions(model=model, pretrained=pretrained, frames_per_clip=frames,
+    options = IndexOptions(model=model, pretrained=pretrained,
+                           model_checkpoint=model_checkpoint and str(model_checkpoint),
+                           frames_per_clip=frames,
                            clip_seconds=clip_seconds, device=device,
                            decode_timeout_s=decode_timeout, retry_failed=retry_failed,
                            wait_s=wait, settle_seconds=settle_seconds,

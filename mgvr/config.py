@@ -48,6 +48,9 @@ class IndexConfig:
     clip_seconds: float = DEFAULT_CLIP_SECONDS
     feature_dtype: str = "float16"
     format_version: int = FORMAT_VERSION
+    # A trained EERCF head (mgvr train): its checkpoint directory and head.safetensors sha256.
+    head_checkpoint: str | None = None
+    head_sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, index_dir: Path) -> None:

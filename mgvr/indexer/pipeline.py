@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import numpy as np
+import torch
 
 from mgvr.config import (
     DEFAULT_CLIP_SECONDS,
@@ -28,6 +29,13 @@ from mgvr.errors import DecodeError, IncompatibleIndexError, UsageError
 from mgvr.indexer import decode, discover
 from mgvr.indexer.writer import EncodedClip, IndexWriter
 from mgvr.model.clip import ClipEncoder, load_for_index
+from mgvr.model.head import (
+    EercfHead,
+    checkpoint_clip_args,
+    head_frames,
+    head_sha256,
+    load_head_for_index,
+)
 from mgvr.storage.catalog import Catalog
 from mgvr.storage.coarse import CoarseIndex
 from mgvr.storage.layout import IndexLayout
@@ -42,6 +50,7 @@ R = TypeVar("R")
 class IndexOptions:
     model: str | None = None  # None: the index's model, or ViT-B-32 for a new index
     pretrained: str | None = None
+    model_checkpoint: str | None = None  # a `mgvr train` checkpoint: its CLIP and head
     frames_per_clip: int | None = None
     clip_seconds: float | None = None
     device: str | None = None
@@ -208,6 +217,8 @@ class Indexer:
                      "--frames": (opts.frames_per_clip, config.frames_per_clip),
                      "--clip-seconds": (opts.clip_seconds and float(opts.clip_seconds),
                                         config.clip_seconds)}
+            checkpoint = opts.model_checkpoint and str(Path(opts.model_checkpoint).resolve())
+            asked["--model-checkpoint"] = (checkpoint, config.head_checkpoint)
             for flag, (wanted, have) in asked.items():
                 if wanted is not None and wanted != have:
                     raise IncompatibleIndexError(
@@ -218,13 +229,23 @@ class Indexer:
             raise IncompatibleIndexError(f"{self.layout.config}: missing while the catalog has "
                                          "data; run `mgvr verify --repair` or re-index")
         encoder = self._encoder_for_new_index()
+        checkpoint = opts.model_checkpoint and str(Path(opts.model_checkpoint).resolve())
         config = IndexConfig(model=encoder.identity,
                              frames_per_clip=opts.frames_per_clip or DEFAULT_FRAMES,
-                             clip_seconds=opts.clip_seconds or DEFAULT_CLIP_SECONDS)
+                             clip_seconds=opts.clip_seconds or DEFAULT_CLIP_SECONDS,
+                             head_checkpoint=checkpoint,
+                             head_sha256=checkpoint and head_sha256(Path(checkpoint)))
         config.save(self.layout.root)
         return config
 
     def _encoder_for_new_index(self) -> ClipEncoder:
+        if self.options.model_checkpoint:
+            if self.options.model or self.options.pretrained:
+                raise UsageError("--model-checkpoint brings its own CLIP; drop --model and "
+                                 "--pretrained")
+            model, pretrained = checkpoint_clip_args(Path(self.options.model_checkpoint))
+            self._encoder = ClipEncoder.load(model, pretrained, self.options.device)
+            return self._encoder
         model = self.options.model or DEFAULT_MODEL
         pretrained = self.options.pretrained
         if pretrained is None and self.options.model is None:
@@ -247,6 +268,10 @@ class Indexer:
     def _index_files(self, entries: list[discover.FileEntry], config: IndexConfig,
                      writer: IndexWriter, summary: RunSummary) -> None:
         encoder = self._encoder_for(config)
+        head = (load_head_for_index(config.head_checkpoint, config.head_sha256, encoder.device)
+                if config.head_checkpoint else None)
+        if head is not None:
+            head.frame_weights(config.frames_per_clip)  # W_f must cover the index's frames
         recipe = decode.FrameRecipe(encoder.preprocess.image_size,
                                     encoder.preprocess.interpolation,
                                     encoder.preprocess.resize_mode)
@@ -300,15 +325,15 @@ class Indexer:
                     batch.append(task)
                     batch_frames += len(task.decoded.frames)
                     if batch_frames >= encoder.frame_batch_size():
-                        self._encode_batch(encoder, batch, assembly, timings)
+                        self._encode_batch(encoder, head, batch, assembly, timings)
                         batch, batch_frames = [], 0
-                self._encode_batch(encoder, batch, assembly, timings)
+                self._encode_batch(encoder, head, batch, assembly, timings)
         finally:
             self.progress.stop()
         summary.stage_seconds = timings
 
-    def _encode_batch(self, encoder: ClipEncoder, batch: list[ClipTask], assembly: _Assembly,
-                      timings: dict[str, float]) -> None:
+    def _encode_batch(self, encoder: ClipEncoder, head: EercfHead | None, batch: list[ClipTask],
+                      assembly: _Assembly, timings: dict[str, float]) -> None:
         batch = [task for task in batch if not assembly.has_failed(task.entry.path)]
         if not batch:
             return
@@ -322,7 +347,7 @@ class Indexer:
             count = len(task.decoded.frames)
             clip_features = features[offset:offset + count]
             offset += count
-            coarse = clip_features.mean(axis=0)
+            coarse = _head_outputs(head, clip_features).mean(axis=0)
             coarse /= max(float(np.linalg.norm(coarse)), 1e-12)
             assembly.add(task, EncodedClip(task.span.index, task.span.start_s, task.span.end_s,
                                            task.decoded.frame_times, clip_features, coarse))
@@ -335,6 +360,16 @@ class Indexer:
                or time.monotonic() - writer.last_commit >= self.options.commit_every_s)
         if due:
             writer.commit()
+
+
+def _head_outputs(head: EercfHead | None, frames: np.ndarray) -> np.ndarray:
+    """z of one clip's (n, D) frames: the trained temporal head's output, or the frames."""
+    if head is None:
+        return frames
+    with torch.inference_mode():
+        f = torch.from_numpy(frames).to(head.w_g.device).unsqueeze(0)
+        z = head_frames(head, f, torch.ones(f.shape[:2], dtype=torch.bool, device=f.device))
+    return z[0].float().cpu().numpy()
 
 
 def _model_name(model: str) -> str:

@@ -236,3 +236,22 @@ def load_checkpoint(directory: Path, device: str | None = None) -> tuple[ClipEnc
     model, pretrained = checkpoint_clip_args(directory)
     encoder = ClipEncoder.load(model, pretrained, device)
     return encoder, load_head(directory, encoder.device)
+
+
+def head_sha256(directory: Path) -> str:
+    from mgvr.model.weights import file_sha256
+
+    return file_sha256(Path(directory) / HEAD_WEIGHTS)
+
+
+def load_head_for_index(directory: str, expected_sha256: str,
+                        device: str | torch.device | None = None) -> EercfHead:
+    """The head an index was built with, refusing one whose weights changed since."""
+    found = head_sha256(Path(directory))
+    if found != expected_sha256:
+        from mgvr.errors import IncompatibleIndexError
+
+        raise IncompatibleIndexError(
+            f"{directory}: the head changed since the index was built (sha256 {found[:12]}, "
+            f"index has {expected_sha256[:12]}); restore it or re-index into a fresh --index")
+    return load_head(Path(directory), device).requires_grad_(False)

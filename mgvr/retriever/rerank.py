@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mgvr.model.head import EercfHead, head_frames
 from mgvr.model.scoring import RerankWeights, rerank_score
 from mgvr.storage.fine import FineBatch, FineRow
 
@@ -74,12 +75,18 @@ def single_thread_on_cpu(device: torch.device) -> Iterator[None]:
 
 
 def score_candidates(text: torch.Tensor, candidates: FineCandidates,
-                     weights: RerankWeights = RerankWeights()) -> tuple[np.ndarray, np.ndarray]:
-    """(D,) text -> fine scores (N,) and each clip's best-matching moment (N,) in seconds."""
+                     weights: RerankWeights = RerankWeights(),
+                     head: EercfHead | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(D,) text -> fine scores (N,) and each clip's best-matching moment (N,) in seconds.
+
+    With a trained head, z = head(f) for the TIB and its W_g and W_f enter the scores."""
     query = text.to(candidates.frames.device).unsqueeze(0)
-    with single_thread_on_cpu(candidates.frames.device):
-        scores, gate = rerank_score(query, candidates.coarse, candidates.frames,
-                                    candidates.frames, candidates.mask, weights)
+    with single_thread_on_cpu(candidates.frames.device), torch.inference_mode():
+        z = head_frames(head, candidates.frames, candidates.mask)
+        w_g = head.w_g if head is not None else None
+        w_f = head.frame_weights(candidates.frames.shape[1]) if head is not None else None
+        scores, gate = rerank_score(query, candidates.coarse, candidates.frames, z,
+                                    candidates.mask, weights, w_g, w_f)
     best_frame = gate[0].argmax(dim=1).cpu().numpy()
     moments = candidates.frame_times[np.arange(len(best_frame)), best_frame]
     return scores[0].cpu().numpy(), moments

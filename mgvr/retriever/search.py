@@ -11,6 +11,7 @@ import torch
 from mgvr.config import IndexConfig, ModelIdentity
 from mgvr.errors import IncompatibleIndexError, IndexNotFoundError, MgvrError, UsageError
 from mgvr.model.clip import ClipEncoder, load_for_index, pick_device
+from mgvr.model.head import EercfHead, load_head_for_index
 from mgvr.retriever.recall import CoarseSearcher
 from mgvr.retriever.rerank import batch_candidates, score_candidates
 from mgvr.retriever.results import Hit, SearchResult
@@ -61,6 +62,7 @@ class Retriever:
         self.catalog = Catalog(self.layout.catalog, readonly=True)
         self.fine = FineReader(self.layout.fine_dir, built.embed_dim)
         self._encoder: ClipEncoder | None = None
+        self._head: EercfHead | None = None
         self._generation = -1
         self._searcher: CoarseSearcher | None = None
         # Clip rows by id for the current generation. Ids are never reused, but a commit may
@@ -72,6 +74,14 @@ class Retriever:
         if self._encoder is None:
             self._encoder = load_for_index(self.config.model, str(self.device))
         return self._encoder
+
+    @property
+    def head(self) -> EercfHead | None:
+        """The trained EERCF head the index was built with, if any."""
+        if self._head is None and self.config.head_checkpoint:
+            self._head = load_head_for_index(self.config.head_checkpoint,
+                                             self.config.head_sha256, self.device)
+        return self._head
 
     def _current_searcher(self) -> CoarseSearcher:
         generation = self.catalog.generation()
@@ -172,7 +182,11 @@ class Retriever:
         clock = time.perf_counter()
         searcher = self._current_searcher()
         depth = rerank_depth if rerank else 0
-        coarse_scores, clip_ids = searcher.search(query.numpy()[None, :], max(depth, limit))
+        # S_c = t . (W_g v) = (t W_g) . v: the index keeps v, the query carries W_g.
+        recall_query = query if self.head is None else (
+            query.to(self.head.w_g.device) @ self.head.w_g).detach().cpu()
+        coarse_scores, clip_ids = searcher.search(recall_query.numpy()[None, :],
+                                                  max(depth, limit))
         coarse_scores, clip_ids = coarse_scores[0], clip_ids[0]
         keep = clip_ids >= 0  # FAISS pads with -1 when fewer vectors than k
         coarse_scores, clip_ids = coarse_scores[keep], clip_ids[keep]
@@ -197,7 +211,8 @@ class Retriever:
         clock = time.perf_counter()
         fine_scores, moments = np.empty(0), np.empty(0)
         if len(fine_ids):
-            fine_scores, moments = score_candidates(query, batch_candidates(batch, self.device))
+            fine_scores, moments = score_candidates(query, batch_candidates(batch, self.device),
+                                                    head=self.head)
         timings["rerank"] = (time.perf_counter() - clock) * 1000
 
         coarse_of = {int(i): float(s) for i, s in zip(clip_ids, coarse_scores, strict=True)}

@@ -300,11 +300,10 @@ def demo_command(
         raise _fail(e) from None
     typer.echo(format_report(report))
     checkpoint = run / "checkpoint"
-    typer.echo(f"\nindex and search the corpus with the fine-tuned CLIP (without the "
-               f"temporal head, which the index does not apply yet):\n"
+    typer.echo(f"\nindex and search the corpus with the trained model (fine-tuned CLIP, "
+               f"temporal head, W_g and W_f):\n"
                f"  mgvr index {corpus / 'videos'} --index {directory / 'index'} "
-               f"--model {checkpoint / (SYNTHETIC_ARCHITECTURE_NAME + '.json')} "
-               f"--pretrained {checkpoint / 'clip.safetensors'} --frames 12\n"
+               f"--model-checkpoint {checkpoint} --frames 12\n"
                f"  mgvr search \"a red circle moves left on a gray background\" "
                f"--index {directory / 'index'}")
 

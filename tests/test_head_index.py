@@ -1,0 +1,81 @@
+"""A trained checkpoint (temporal head, W_g, W_f) used by `mgvr index` and search."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONFIG, run_cli
+
+import mgvr
+from mgvr.model.clip import ClipEncoder
+from mgvr.model.head import EercfHead, head_config_for, head_frames, init_from_clip, save_checkpoint
+from mgvr.model.scoring import rerank_score
+from mgvr.retriever import Retriever
+from mgvr.retriever.rerank import stack_rows
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_model):
+    """A checkpoint in the format `mgvr train` writes, with non-trivial W_g and W_f."""
+    encoder = ClipEncoder.load(tiny_model["model"], tiny_model["pretrained"], "cpu")
+    torch.manual_seed(3)
+    head = EercfHead(head_config_for(encoder.model, 64, frames=12))
+    init_from_clip(head, encoder.model)
+    with torch.no_grad():
+        head.w_g.add_(0.3 * torch.randn(64, 64))
+        head.w_f.add_(0.2 * torch.randn(12, 12))
+    directory = tmp_path_factory.mktemp("run") / "checkpoint"
+    save_checkpoint(directory, encoder.model, "mgvr-test-tiny",
+                    json.loads(TINY_CONFIG.read_text()), head)
+    return directory, head.eval()
+
+
+def test_index_and_search_apply_the_trained_head(tmp_path, corpus, checkpoint):
+    directory, head = checkpoint
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ["a_testsrc.mp4", "c_bars.avi", "d_life.mpg", "g_long.mkv", "h_vfr.mp4"]:
+        shutil.copy(corpus / name, videos / name)
+    result = run_cli("index", str(videos), "--index", str(tmp_path / "idx"),
+                     "--model-checkpoint", str(directory))
+    assert result.returncode == 0, result.stderr
+
+    retriever = Retriever(tmp_path / "idx", device="cpu")
+    assert retriever.config.head_checkpoint == str(directory)
+    clip_ids = retriever.catalog.all_clip_ids()
+    records = retriever.catalog.clips_by_ids(clip_ids)
+    rows = retriever.fine.read([(records[i].part, records[i].row) for i in clip_ids])
+    candidates = stack_rows(rows, torch.device("cpu"))
+    with torch.inference_mode():
+        z = head_frames(head, candidates.frames, candidates.mask)
+        # The stored coarse vector is the normalised mean of the head's outputs.
+        expected_coarse = torch.nn.functional.normalize(
+            (z * candidates.mask[..., None]).sum(1), dim=-1)
+        assert torch.allclose(candidates.coarse, expected_coarse, atol=2e-3)
+        for query in ["a test pattern", "colour bars"]:
+            text, _ = retriever.encode_query(query)
+            scores, _ = rerank_score(text[None], candidates.coarse, candidates.frames, z,
+                                     candidates.mask, w_g=head.w_g,
+                                     w_f=head.frame_weights(candidates.frames.shape[1]))
+            exhaustive = [int(candidates.clip_ids[i]) for i in np.argsort(-scores[0].numpy())]
+            hits = retriever.search(query, limit=len(clip_ids), rerank_depth=len(clip_ids)).hits
+            assert [h.clip_id for h in hits] == exhaustive
+            coarse = (text[None] @ head.w_g @ candidates.coarse.T)[0].numpy()  # t . (W_g v)
+            coarse_only = retriever.search(query, limit=len(clip_ids), rerank=False).hits
+            assert [h.clip_id for h in coarse_only] == [
+                int(candidates.clip_ids[i]) for i in np.argsort(-coarse)]
+
+
+def test_a_changed_head_is_refused(tmp_path, corpus, checkpoint):
+    directory, _ = checkpoint
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(directory, copy)
+    index = mgvr.Index(tmp_path / "idx", device="cpu")
+    index.update(corpus / "nested", settle_seconds=0, model_checkpoint=str(copy))
+    assert len(index.search("x")) == 1
+    head_file = copy / "head.safetensors"
+    head_file.write_bytes(head_file.read_bytes()[:-4] + b"\0\0\0\0")
+    result = run_cli("search", "x", "--index", str(tmp_path / "idx"))
+    assert result.returncode == 2 and "the head changed since the index was built" in result.stderr
