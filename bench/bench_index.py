@@ -281,7 +281,8 @@ def bench_index(corpus: Path, index_dir: Path, args: argparse.Namespace,
                 decode_s: float, encode_s: float) -> dict:
     options = IndexOptions(model=args.model, pretrained=args.pretrained,
                            frames_per_clip=args.frames, clip_seconds=args.clip_seconds,
-                           device=args.device, workers=args.workers)
+                           device=args.device, workers=args.workers,
+                           settle_seconds=0)  # the corpus was just written, and is complete
     started = time.perf_counter()
     summary = Indexer(index_dir, options).run(corpus)
     seconds = time.perf_counter() - started
