@@ -13,7 +13,7 @@ from mgvr.model.clip import ClipEncoder
 from mgvr.model.head import EercfHead, head_config_for, head_frames, init_from_clip, save_checkpoint
 from mgvr.model.scoring import rerank_score
 from mgvr.retriever import Retriever
-from mgvr.retriever.rerank import stack_rows
+from mgvr.retriever.rerank import batch_candidates
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,8 @@ def test_index_and_search_apply_the_trained_head(tmp_path, corpus, checkpoint):
     assert retriever.config.head_checkpoint == str(directory)
     clip_ids = retriever.catalog.all_clip_ids()
     records = retriever.catalog.clips_by_ids(clip_ids)
-    rows = retriever.fine.read([(records[i].part, records[i].row) for i in clip_ids])
-    candidates = stack_rows(rows, torch.device("cpu"))
+    batch = retriever.fine.read_batch([(records[i].part, records[i].row) for i in clip_ids])
+    candidates = batch_candidates(batch, torch.device("cpu"))
     with torch.inference_mode():
         z = head_frames(head, candidates.frames, candidates.mask)
         # The stored coarse vector is the normalised mean of the head's outputs.

@@ -10,7 +10,7 @@ from conftest import GOOD_VIDEOS, run_cli
 
 from mgvr.model.scoring import rerank_score
 from mgvr.retriever import Retriever
-from mgvr.retriever.rerank import stack_rows
+from mgvr.retriever.rerank import batch_candidates
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,8 @@ def test_coarse_to_fine_at_full_depth_equals_exhaustive_fine_scoring(built):
     retriever = Retriever(index, device="cpu")
     clip_ids = retriever.catalog.all_clip_ids()
     records = retriever.catalog.clips_by_ids(clip_ids)
-    rows = retriever.fine.read([(records[i].part, records[i].row) for i in clip_ids])
-    candidates = stack_rows(rows, torch.device("cpu"))
+    batch = retriever.fine.read_batch([(records[i].part, records[i].row) for i in clip_ids])
+    candidates = batch_candidates(batch, torch.device("cpu"))
     for query in ["a rabbit in a meadow", "bikes on a road", "a man talking on a phone"]:
         text, _ = retriever.encode_query(query)
         scores, _ = rerank_score(text[None], candidates.coarse, candidates.frames,

@@ -11,7 +11,7 @@ import torch
 
 from mgvr.model.head import EercfHead, head_frames
 from mgvr.model.scoring import RerankWeights, rerank_score
-from mgvr.storage.fine import FineBatch, FineRow
+from mgvr.storage.fine import FineBatch
 
 
 @dataclass(frozen=True)
@@ -23,26 +23,6 @@ class FineCandidates:
     frames: torch.Tensor  # (N, F, D)
     mask: torch.Tensor  # (N, F) bool
     frame_times: np.ndarray  # (N, F) float32, NaN where padded
-
-
-def stack_rows(rows: list[FineRow], device: torch.device) -> FineCandidates:
-    width = max(len(row.frame_times) for row in rows)
-    dim = rows[0].features.shape[1]
-    frames = np.zeros((len(rows), width, dim), np.float32)
-    mask = np.zeros((len(rows), width), bool)
-    times = np.full((len(rows), width), np.nan, np.float32)
-    for i, row in enumerate(rows):
-        n = len(row.frame_times)
-        frames[i, :n] = row.features
-        mask[i, :n] = True
-        times[i, :n] = row.frame_times
-    return FineCandidates(
-        clip_ids=np.array([row.clip_id for row in rows], np.int64),
-        coarse=torch.from_numpy(np.stack([row.coarse for row in rows])).to(device),
-        frames=torch.from_numpy(frames).to(device),
-        mask=torch.from_numpy(mask).to(device),
-        frame_times=times,
-    )
 
 
 def batch_candidates(batch: FineBatch, device: torch.device) -> FineCandidates:

@@ -99,30 +99,32 @@ def _msrvtt_video_dir(root: Path, first_id: str) -> Path:
                      "put the MSR-VTT videos there")
 
 
+def _read_msrvtt_csv(root: Path, path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of one of MSR-VTT's CSV files, which must exist, be non-empty and have `columns`."""
+    if not path.is_file():
+        raise UsageError(f"{root}: no {path.name}; not an MSR-VTT folder")
+    rows = _read_csv(path)
+    if not rows:
+        raise UsageError(f"{path}: no rows")
+    for column in columns:
+        _require(rows[0], (column,), path, column)
+    return rows
+
+
 def read_msrvtt(root: Path, split: str) -> CaptionedVideos:
     """The train (9k videos, all their captions) or test (JSFUSION 1k-A pairs) split."""
     if split not in SPLITS:
         raise UsageError(f"unknown split '{split}'; choose train or test")
     if split == "test":
         path = root / MSRVTT_TEST
-        if not path.is_file():
-            raise UsageError(f"{root}: no {MSRVTT_TEST}; not an MSR-VTT folder")
-        rows = _read_csv(path)
-        if not rows:
-            raise UsageError(f"{path}: no rows")
-        _require(rows[0], ("video_id",), path, "video_id")
-        _require(rows[0], ("sentence",), path, "sentence")
+        rows = _read_msrvtt_csv(root, path, ("video_id", "sentence"))
         folder = _msrvtt_video_dir(root, rows[0]["video_id"])
         return _build([(folder / f"{row['video_id']}.mp4", row["sentence"],
                         row.get(KIND_COLUMN) or None) for row in rows], str(path))
     ids_path, captions_path = root / MSRVTT_TRAIN, root / MSRVTT_CAPTIONS
-    for needed in (ids_path, captions_path):
-        if not needed.is_file():
-            raise UsageError(f"{root}: no {needed.name}; not an MSR-VTT folder")
-    rows = _read_csv(ids_path)
-    if not rows:
-        raise UsageError(f"{ids_path}: no rows")
-    _require(rows[0], ("video_id",), ids_path, "video_id")
+    rows = _read_msrvtt_csv(root, ids_path, ("video_id",))
+    if not captions_path.is_file():
+        raise UsageError(f"{root}: no {captions_path.name}; not an MSR-VTT folder")
     wanted = {row["video_id"]: i for i, row in enumerate(rows)}
     try:
         sentences = json.loads(captions_path.read_text(encoding="utf-8"))["sentences"]
