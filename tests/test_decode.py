@@ -2,7 +2,6 @@
 
 import subprocess
 
-import ffmpeg
 import numpy as np
 import open_clip
 import pytest
@@ -65,14 +64,45 @@ def test_rotation_metadata_is_honoured(corpus):
 
 def _full_size_frames(path, info, span, frames):
     """The frames decode_clip picks, but at full size (no resize), for a reference transform."""
-    times = decode.sample_times(span, frames)
     step = (span.end_s - span.start_s) / frames
-    command = (ffmpeg.input(str(path), ss=f"{float(times[0]):.6f}").video
+    command = (decode.sampling_input(str(path), span.start_s)
                .filter("fps", fps=f"{1.0 / step:.9f}", eof_action="pass")
                .output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=frames)
                .global_args("-v", "error").compile())
     raw = subprocess.run(command, capture_output=True, check=True, timeout=60).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, info.height, info.width, 3)
+
+
+def _frame_numbered_video(path, frames=125, rate=25):
+    """A 64x64 H.264 file with B-frames that shows its frame number in binary: eight
+    8-pixel-wide stripes, white for a 1 bit, least significant on the left."""
+    bits = "255*mod(floor(N/pow(2,floor(X/8))),2)"
+    subprocess.run([decode.tool("ffmpeg"), "-v", "error", "-y", "-f", "lavfi", "-i",
+                    f"color=c=black:s=64x64:r={rate},format=gray,geq=lum='{bits}'",
+                    "-frames:v", str(frames), "-c:v", "libx264", "-preset", "veryfast", "-bf", "3",
+                    "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)
+
+
+def _frame_numbers(frames):
+    stripes = frames[:, 16:48, :, :].mean(axis=(1, 3)).reshape(len(frames), 8, 8)[:, :, 2:6]
+    bits = stripes.mean(axis=2) > 128
+    return (bits * (2 ** np.arange(8))).sum(axis=1)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_sampled_frames_lie_near_the_sample_times(tmp_path, skip):
+    path = tmp_path / "numbered.mp4"
+    _frame_numbered_video(path)
+    info = decode.probe(str(path), 30)
+    span = decode.ClipSpan(0, 0.0, info.duration_s)
+    clip = decode.decode_clip(str(path), info, span, 12, decode.FrameRecipe(64), 30,
+                              skip_non_reference=skip)
+    assert len(clip.frames) == 12
+    offsets = _frame_numbers(clip.frames) - clip.frame_times * 25
+    # Exact decoding picks the nearest frame (within half a frame interval); skipping
+    # non-reference B-frames leaves at most two in a row out (x264's B-pyramid keeps the middle
+    # one of three), so the nearest remaining frame is within 1.5 intervals (60 ms at 25 fps).
+    assert np.abs(offsets).max() <= (1.5 if skip else 0.5) + 1e-3, offsets
 
 
 @pytest.mark.parametrize("size", [224, 64])
@@ -90,9 +120,12 @@ def test_frames_match_open_clip_preprocessing(sample_clips, corpus, size):
             expected = transform(Image.fromarray(full)).numpy()
             got = (mine.transpose(2, 0, 1) / 255.0 - CLIP_MEAN) / CLIP_STD
             difference = np.abs(got - expected)
-            # Normalised units (1 pixel level is about 0.015); differences sit at the borders.
+            # Normalised units (1 pixel level is about 0.015). PIL and zimg treat the image's
+            # edge differently, so a border pixel on a sharp edge can differ by ~20 levels;
+            # inside the border they agree within a few levels.
             assert difference.mean() < 0.005, path
-            assert difference.max() < 0.3, path
+            assert difference[:, 1:-1, 1:-1].max() < 0.1, path
+            assert difference.max() < 0.5, path
 
 
 @pytest.mark.parametrize(("name", "reason"), [

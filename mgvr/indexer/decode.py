@@ -35,6 +35,7 @@ class VideoInfo:
     height: int
     rotation: int  # degrees from the container's display matrix
     codec: str
+    frame_rate: float = 0.0  # average frames per second; 0 when the file does not say
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,18 @@ def probe(path: str, timeout_s: float) -> VideoInfo:
         raise DecodeError(path, "not-a-video", "a single still picture")
     if not duration or duration <= 0:
         raise DecodeError(path, "zero-frames", "no video duration and no video packets")
-    return VideoInfo(duration, width, height, rotation, stream.get("codec_name", "?"))
+    return VideoInfo(duration, width, height, rotation, stream.get("codec_name", "?"),
+                     _rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate")))
+
+
+def _rate(value: object) -> float:
+    """ffprobe's "30000/1001" as a number; 0 for missing or "0/0"."""
+    numerator, _, denominator = str(value or "").partition("/")
+    try:
+        rate = float(numerator) / float(denominator or 1)
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return rate if 0 < rate < 1000 else 0.0
 
 
 def _float(value: object) -> float | None:
@@ -216,16 +228,34 @@ def frame_filter(stream, info: VideoInfo, recipe: FrameRecipe):
     return stream.filter("crop", size, size, x, y, exact=1)
 
 
+def sampling_input(path: str, start_s: float, skip_non_reference: bool = True):
+    """ffmpeg's input for sampled decoding, seeking to `start_s`.
+
+    Skipping non-reference frames (usually most B-frames) cuts decode work by ~40% on H.264
+    and the frames that remain are exact; the fps filter then picks the nearest remaining
+    frame, at most a few frame intervals from each sample time. One decoder thread per
+    process: mgvr already runs one ffmpeg per worker, and more threads only compete with them.
+    """
+    options = {"ss": f"{start_s:.6f}", "threads": 1}
+    if skip_non_reference:
+        options["skip_frame"] = "noref"
+    return ffmpeg.input(path, **options).video
+
+
 def decode_clip(path: str, info: VideoInfo, span: ClipSpan, frames: int, recipe: FrameRecipe,
-                timeout_s: float) -> DecodedClip:
+                timeout_s: float, skip_non_reference: bool = True) -> DecodedClip:
     """Decode `frames` frames sampled uniformly over the clip, resized for the model.
 
-    ffmpeg seeks to the first sample time, then its fps filter picks the frame nearest to each
-    later sample time, so variable frame rates and odd sizes need no special handling.
+    ffmpeg's fps filter, started at the clip's start, emits for each sample time the last
+    frame before it; starting half a frame interval later makes that the frame nearest to
+    the sample time. Variable frame rates and odd sizes need no special handling. If
+    skipping non-reference frames leaves fewer frames than asked for, the clip is decoded
+    again without skipping.
     """
     times = sample_times(span, frames)
     step = (span.end_s - span.start_s) / frames
-    stream = ffmpeg.input(path, ss=f"{float(times[0]):.6f}").video
+    half_frame = min(0.5 / info.frame_rate, step / 2) if info.frame_rate else 0.0
+    stream = sampling_input(path, span.start_s + half_frame, skip_non_reference)
     stream = stream.filter("fps", fps=f"{1.0 / step:.9f}", eof_action="pass")
     stream = frame_filter(stream, info, recipe)
     command = (stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=frames)
@@ -235,6 +265,8 @@ def decode_clip(path: str, info: VideoInfo, span: ClipSpan, frames: int, recipe:
     size = recipe.image_size
     frame_bytes = size * size * 3
     count = len(result.stdout) // frame_bytes
+    if skip_non_reference and count < frames:
+        return decode_clip(path, info, span, frames, recipe, timeout_s, skip_non_reference=False)
     if result.returncode != 0 and count == 0:
         raise DecodeError(path, _failure_reason(result.stderr), _last_error_line(result.stderr,
                                                                                 path))
