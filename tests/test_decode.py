@@ -105,6 +105,20 @@ def test_sampled_frames_lie_near_the_sample_times(tmp_path, skip):
     assert np.abs(offsets).max() <= (1.5 if skip else 0.5) + 1e-3, offsets
 
 
+def test_consecutive_clips_decode_in_one_pass_as_they_do_one_by_one(tmp_path):
+    path = tmp_path / "numbered.mp4"
+    _frame_numbered_video(path, frames=250)
+    info = decode.probe(str(path), 30)
+    spans = decode.plan_clips(info.duration_s, 2.5)
+    assert len(spans) == 4
+    together = decode.decode_clips(str(path), info, spans, 5, decode.FrameRecipe(64), 30)
+    assert [clip.span for clip in together] == spans
+    for clip, span in zip(together, spans, strict=True):
+        alone = decode.decode_clip(str(path), info, span, 5, decode.FrameRecipe(64), 30)
+        assert np.array_equal(_frame_numbers(clip.frames), _frame_numbers(alone.frames))
+        assert np.allclose(clip.frame_times, alone.frame_times, atol=1e-5)
+
+
 @pytest.mark.parametrize("size", [224, 64])
 def test_frames_match_open_clip_preprocessing(sample_clips, corpus, size):
     transform = open_clip.transform.image_transform(

@@ -1,7 +1,7 @@
 """The index run: discover -> probe -> decode (threads running ffmpeg) -> encode -> write.
 
 Decoding happens in ffmpeg subprocesses, so threads give real parallelism here; an ordered,
-bounded window of in-flight clips keeps memory flat however long the corpus is.
+bounded window of in-flight clip groups keeps memory flat however long the corpus is.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -44,6 +44,9 @@ from mgvr.storage.maintenance import remove_orphans
 
 T = TypeVar("T")
 R = TypeVar("R")
+# Consecutive clips of a file decoded by one ffmpeg process: it saves a seek (decoding from the
+# previous keyframe) per clip, while a long film still spreads over all decode workers.
+CLIPS_PER_DECODE = 4
 
 
 @dataclass(frozen=True)
@@ -114,22 +117,29 @@ class ClipTask:
     entry: discover.FileEntry
     content_key: str | None = None
     info: decode.VideoInfo | None = None
-    span: decode.ClipSpan | None = None
+    spans: tuple[decode.ClipSpan, ...] = ()  # before decoding: the group to decode
     clip_count: int = 0
     error: DecodeError | None = None
-    decoded: decode.DecodedClip | None = None
+    decoded: decode.DecodedClip | None = None  # after decoding: one clip
+
+
+def ordered_futures(pool: Executor, fn: Callable[[T], R], items: Iterable[T],
+                    window: int) -> Iterator[Future[R]]:
+    """Submit fn(item) for each item, at most `window` in flight; yield the futures in order."""
+    in_flight: deque[Future[R]] = deque()
+    for item in items:
+        in_flight.append(pool.submit(fn, item))
+        if len(in_flight) >= window:
+            yield in_flight.popleft()
+    while in_flight:
+        yield in_flight.popleft()
 
 
 def ordered_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T],
                 window: int) -> Iterator[R]:
     """pool.map that keeps at most `window` items in flight and yields results in order."""
-    in_flight: deque = deque()
-    for item in items:
-        in_flight.append(pool.submit(fn, item))
-        if len(in_flight) >= window:
-            yield in_flight.popleft().result()
-    while in_flight:
-        yield in_flight.popleft().result()
+    for future in ordered_futures(pool, fn, items, window):
+        yield future.result()
 
 
 def validate_root(root: Path) -> Path:
@@ -161,6 +171,7 @@ class Indexer:
         self.options = options
         self.progress = progress or NoProgress()
         self._encoder: ClipEncoder | None = None
+        self._load_seconds = 0.0
 
     def run(self, root: Path) -> RunSummary:
         root = validate_root(Path(root))
@@ -244,18 +255,23 @@ class Indexer:
                 raise UsageError("--model-checkpoint brings its own CLIP; drop --model and "
                                  "--pretrained")
             model, pretrained = checkpoint_clip_args(Path(self.options.model_checkpoint))
-            self._encoder = ClipEncoder.load(model, pretrained, self.options.device)
-            return self._encoder
+            return self._timed_load(lambda: ClipEncoder.load(model, pretrained,
+                                                             self.options.device))
         model = self.options.model or DEFAULT_MODEL
         pretrained = self.options.pretrained
         if pretrained is None and self.options.model is None:
             pretrained = DEFAULT_PRETRAINED
-        self._encoder = ClipEncoder.load(model, pretrained, self.options.device)
-        return self._encoder
+        return self._timed_load(lambda: ClipEncoder.load(model, pretrained, self.options.device))
 
     def _encoder_for(self, config: IndexConfig) -> ClipEncoder:
         if self._encoder is None:
-            self._encoder = load_for_index(config.model, self.options.device)
+            return self._timed_load(lambda: load_for_index(config.model, self.options.device))
+        return self._encoder
+
+    def _timed_load(self, load: Callable[[], ClipEncoder]) -> ClipEncoder:
+        started = time.perf_counter()
+        self._encoder = load()
+        self._load_seconds = time.perf_counter() - started
         return self._encoder
 
     def _load_coarse(self, catalog: Catalog, config: IndexConfig) -> CoarseIndex:
@@ -278,7 +294,8 @@ class Indexer:
         frames = config.frames_per_clip
         timeout = self.options.decode_timeout_s
         workers = self.options.workers
-        timings = {"decode_wait": 0.0, "encode": 0.0, "write": 0.0}
+        timings = {"load_model": self._load_seconds, "decode_wait": 0.0, "encode": 0.0,
+                   "write": 0.0}
 
         def probe(entry: discover.FileEntry) -> ClipTask:
             key = discover.content_key(entry.path, entry.size)
@@ -294,17 +311,18 @@ class Indexer:
                         yield task
                         continue
                     spans = decode.plan_clips(task.info.duration_s, config.clip_seconds)
-                    for span in spans:
-                        yield replace(task, span=span, clip_count=len(spans))
+                    for group in decode.group_clips(spans, CLIPS_PER_DECODE):
+                        yield replace(task, spans=tuple(group), clip_count=len(spans))
 
-        def decode_task(task: ClipTask) -> ClipTask:
-            if task.error or task.span is None:
-                return task
+        def decode_task(task: ClipTask) -> list[ClipTask]:
+            if task.error or not task.spans:
+                return [task]
             try:
-                return replace(task, decoded=decode.decode_clip(
-                    task.entry.path, task.info, task.span, frames, recipe, timeout))
+                clips = decode.decode_clips(task.entry.path, task.info, list(task.spans),
+                                            frames, recipe, timeout)
             except DecodeError as e:
-                return replace(task, error=e)
+                return [replace(task, error=e)]
+            return [replace(task, decoded=clip) for clip in clips]
 
         assembly = _Assembly(writer, summary, self.progress)
         batch: list[ClipTask] = []
@@ -312,21 +330,23 @@ class Indexer:
         self.progress.start(len(entries))
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-                results = ordered_map(pool, decode_task, clip_tasks(), window=workers * 4)
-                while True:
-                    waited = time.perf_counter()
-                    task = next(results, None)
-                    timings["decode_wait"] += time.perf_counter() - waited
-                    if task is None:
-                        break
-                    if task.error is not None:
-                        assembly.fail(task)
-                        continue
-                    batch.append(task)
-                    batch_frames += len(task.decoded.frames)
-                    if batch_frames >= encoder.frame_batch_size():
+                for future in ordered_futures(pool, decode_task, clip_tasks(), workers * 2):
+                    if batch and not future.done():
+                        # Decoding is behind: encode what is ready rather than sit idle.
                         self._encode_batch(encoder, head, batch, assembly, timings)
                         batch, batch_frames = [], 0
+                    waited = time.perf_counter()
+                    group = future.result()
+                    timings["decode_wait"] += time.perf_counter() - waited
+                    for task in group:
+                        if task.error is not None:
+                            assembly.fail(task)
+                            continue
+                        batch.append(task)
+                        batch_frames += len(task.decoded.frames)
+                        if batch_frames >= encoder.frame_batch_size():
+                            self._encode_batch(encoder, head, batch, assembly, timings)
+                            batch, batch_frames = [], 0
                 self._encode_batch(encoder, head, batch, assembly, timings)
         finally:
             self.progress.stop()
@@ -349,7 +369,8 @@ class Indexer:
             offset += count
             coarse = _head_outputs(head, clip_features).mean(axis=0)
             coarse /= max(float(np.linalg.norm(coarse)), 1e-12)
-            assembly.add(task, EncodedClip(task.span.index, task.span.start_s, task.span.end_s,
+            span = task.decoded.span
+            assembly.add(task, EncodedClip(span.index, span.start_s, span.end_s,
                                            task.decoded.frame_times, clip_features, coarse))
         self._maybe_commit(assembly.writer)
         timings["write"] += time.perf_counter() - started
