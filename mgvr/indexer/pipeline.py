@@ -330,11 +330,14 @@ class Indexer:
         self.progress.start(len(entries))
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+                filling = True
                 for future in ordered_futures(pool, decode_task, clip_tasks(), workers * 2):
-                    if batch and not future.done():
-                        # Decoding is behind: encode what is ready rather than sit idle.
+                    if filling and batch and not future.done():
+                        # Start encoding with the first decoded clips rather than wait for a
+                        # full batch. Only at the start: later, small batches would cost more
+                        # (on the CPU, torch's threads then fight ffmpeg's for the cores).
                         self._encode_batch(encoder, head, batch, assembly, timings)
-                        batch, batch_frames = [], 0
+                        batch, batch_frames, filling = [], 0, False
                     waited = time.perf_counter()
                     group = future.result()
                     timings["decode_wait"] += time.perf_counter() - waited
@@ -346,7 +349,7 @@ class Indexer:
                         batch_frames += len(task.decoded.frames)
                         if batch_frames >= encoder.frame_batch_size():
                             self._encode_batch(encoder, head, batch, assembly, timings)
-                            batch, batch_frames = [], 0
+                            batch, batch_frames, filling = [], 0, False
                 self._encode_batch(encoder, head, batch, assembly, timings)
         finally:
             self.progress.stop()
