@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from mgvr.errors import EXIT_PARTIAL, MgvrError
+from mgvr.retriever.results import SEARCH_SCHEMA, search_document
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -29,7 +30,6 @@ IndexPath = Annotated[Path | None, typer.Option(
 Device = Annotated[str | None, typer.Option(
     help="torch device, e.g. cpu or cuda:0. Default: cuda when available, else cpu.")]
 
-SEARCH_SCHEMA = "mgvr.search/1"
 
 
 def _fail(error: MgvrError) -> typer.Exit:
@@ -319,15 +319,7 @@ def search(
         typer.echo(f"mgvr: note: query longer than the model's {context_length} tokens; "
                    "the rest was ignored", err=True)
     if as_json:
-        typer.echo(json.dumps({
-            "schema": SEARCH_SCHEMA,
-            "query": query,
-            "query_truncated": result.query_truncated,
-            "reranked": not no_rerank,
-            "rerank_depth": rerank_depth,
-            "hits": [asdict(hit) for hit in result.hits],
-            "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
-        }, indent=2))
+        typer.echo(json.dumps(search_document(result, not no_rerank, rerank_depth), indent=2))
         return
     if not result.hits:
         typer.echo("no clips indexed yet; run `mgvr index FOLDER` first")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+
+SEARCH_SCHEMA = "mgvr.search/1"
 
 
 @dataclass(frozen=True)
@@ -24,3 +26,16 @@ class SearchResult:
     hits: tuple[Hit, ...]
     query_truncated: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def search_document(result: SearchResult, reranked: bool, rerank_depth: int) -> dict:
+    """The `mgvr search --json` document (schema mgvr.search/1), also served by `mgvr serve`."""
+    return {
+        "schema": SEARCH_SCHEMA,
+        "query": result.query,
+        "query_truncated": result.query_truncated,
+        "reranked": reranked,
+        "rerank_depth": rerank_depth,
+        "hits": [asdict(hit) for hit in result.hits],
+        "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
+    }

@@ -20,12 +20,11 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from mgvr.errors import MgvrError, UsageError
-from mgvr.retriever.results import SearchResult
+from mgvr.retriever.results import search_document
 from mgvr.retriever.search import (
     DEFAULT_LIMIT,
     DEFAULT_RERANK_DEPTH,
@@ -34,21 +33,7 @@ from mgvr.retriever.search import (
 )
 from mgvr.serve import discovery
 
-SEARCH_SCHEMA = "mgvr.search/1"
 MAX_BODY_BYTES = 1 << 20
-
-
-def search_payload(result: SearchResult, rerank: bool, rerank_depth: int) -> dict:
-    """The `mgvr search --json` document (schema mgvr.search/1)."""
-    return {
-        "schema": SEARCH_SCHEMA,
-        "query": result.query,
-        "query_truncated": result.query_truncated,
-        "reranked": rerank,
-        "rerank_depth": rerank_depth,
-        "hits": [asdict(hit) for hit in result.hits],
-        "timings_ms": {k: round(v, 3) for k, v in result.timings_ms.items()},
-    }
 
 
 class SearchService:
@@ -83,7 +68,7 @@ class SearchService:
         with self._lock:
             result = self.retriever.search(query, limit, rerank_depth, rerank)
             self.queries_served += 1
-        return {**search_payload(result, rerank, rerank_depth),
+        return {**search_document(result, rerank, rerank_depth),
                 "context_length": self.retriever.config.model.context_length}
 
     def status(self) -> dict:
