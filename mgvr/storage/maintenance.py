@@ -85,10 +85,10 @@ def verify(layout: IndexLayout, catalog: Catalog, repair: bool = False) -> Verif
     live = {clip_id for clip_id, *_ in locations}
 
     bad_clips, bad_parts = _check_fine(layout, catalog, config, locations, report)
-    coarse, coarse_ok = _check_coarse(layout, catalog, dim, live, report)
+    stored, coarse_ok = _check_coarse(layout, catalog, dim, live, report)
     report.orphans = _orphans(layout, catalog)
-    if coarse is not None and coarse_ok:
-        _compare_coarse_vectors(layout, coarse, locations, dim, bad_clips, report)
+    if stored is not None and coarse_ok:
+        _compare_coarse_vectors(layout, stored, locations, dim, bad_clips, report)
 
     if repair and (report.problems or report.orphans):
         _repair(layout, catalog, config, locations, bad_clips, bad_parts, report)
@@ -150,7 +150,10 @@ def _check_fine(layout, catalog, config, locations, report) -> tuple[set[int], l
     return bad, bad_parts
 
 
-def _check_coarse(layout, catalog, dim, live, report) -> tuple[CoarseIndex | None, bool]:
+def _check_coarse(layout, catalog, dim, live, report
+                  ) -> tuple[tuple[np.ndarray, np.ndarray] | None, bool]:
+    """The current generation's (ids, vectors), or None when unreadable; and whether its ids
+    match the catalog's live clips exactly."""
     generation = catalog.generation()
     if generation == 0:
         if live:
@@ -165,13 +168,14 @@ def _check_coarse(layout, catalog, dim, live, report) -> tuple[CoarseIndex | Non
     except MgvrError as e:
         report.problems.append(f"coarse: {e}")
         return None, False
-    ids = coarse.ids()  # (IVF lists included)
+    ids, vectors = coarse.items()  # one pass over the index (IVF lists included)
+    present = set(ids.tolist())
     ok = True
-    if len(ids) != len(set(ids.tolist())):
-        report.problems.append(f"coarse: {len(ids) - len(set(ids.tolist()))} duplicate vectors")
+    if len(ids) != len(present):
+        report.problems.append(f"coarse: {len(ids) - len(present)} duplicate vectors")
         ok = False
-    missing = live - set(ids.tolist())
-    dead = set(ids.tolist()) - live
+    missing = live - present
+    dead = present - live
     if missing:
         report.problems.append(f"coarse: {len(missing)} live clips have no coarse vector "
                                f"(e.g. clip {min(missing)})")
@@ -180,11 +184,11 @@ def _check_coarse(layout, catalog, dim, live, report) -> tuple[CoarseIndex | Non
         report.problems.append(f"coarse: {len(dead)} vectors of removed clips are searchable "
                                f"(e.g. clip {min(dead)})")
         ok = False
-    return coarse, ok
+    return (ids, vectors), ok
 
 
-def _compare_coarse_vectors(layout, coarse, locations, dim, bad_clips, report) -> None:
-    ids, vectors = coarse.items()
+def _compare_coarse_vectors(layout, items, locations, dim, bad_clips, report) -> None:
+    ids, vectors = items
     stored = dict(zip(ids.tolist(), vectors, strict=True))
     reader = FineReader(layout.fine_dir, dim)
     good = [(clip_id, part, row) for clip_id, part, row, _, _ in locations
