@@ -254,8 +254,8 @@ def decode_clip(path: str, info: VideoInfo, span: ClipSpan, frames: int, recipe:
     ffmpeg's fps filter, started at the clip's start, emits for each sample time the last
     frame before it; starting half a frame interval later makes that the frame nearest to
     the sample time. Variable frame rates and odd sizes need no special handling. If
-    skipping non-reference frames leaves fewer frames than asked for, the clip is decoded
-    again without skipping.
+    skipping non-reference frames leaves fewer frames than asked for (and ffmpeg did not
+    fail), the clip is decoded again without skipping.
     """
     times = sample_times(span, frames)
     step = (span.end_s - span.start_s) / frames
@@ -270,7 +270,7 @@ def decode_clip(path: str, info: VideoInfo, span: ClipSpan, frames: int, recipe:
     size = recipe.image_size
     frame_bytes = size * size * 3
     count = len(result.stdout) // frame_bytes
-    if skip_non_reference and count < frames:
+    if skip_non_reference and count < frames and result.returncode == 0:
         return decode_clip(path, info, span, frames, recipe, timeout_s, skip_non_reference=False)
     if result.returncode != 0 and count == 0:
         raise DecodeError(path, _failure_reason(result.stderr), _last_error_line(result.stderr,
