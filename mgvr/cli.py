@@ -102,7 +102,8 @@ def index(
     workers: Annotated[int | None, typer.Option(
         help="Parallel ffmpeg decoders. Default: CPU count, 2 to 16.", show_default=False)] = None,
     decode_timeout: Annotated[float, typer.Option(
-        help="Seconds one ffmpeg or ffprobe call may take before the file is marked failed.")]
+        help="Seconds probing a file, or decoding one of its clips, may take before the file "
+             "is marked failed.")]
         = 120.0,
     retry_failed: Annotated[bool, typer.Option(
         help="Retry files that failed before even if they did not change.")] = False,

@@ -289,10 +289,11 @@ def decode_clips(path: str, info: VideoInfo, spans: list[ClipSpan], frames: int,
     Their sample times form one uniform grid, so one pass samples them all; that saves a
     process start and, above all, the decoding from the keyframe before each clip's start
     that a seek costs (up to a GOP, 10 s of video for x264's default). A clip that gets no
-    frame fails the group, as it would fail alone.
+    frame fails the group, as it would fail alone. `timeout_s` is per clip.
     """
     whole = ClipSpan(spans[0].index, spans[0].start_s, spans[-1].end_s)
-    decoded = decode_clip(path, info, whole, frames * len(spans), recipe, timeout_s)
+    decoded = decode_clip(path, info, whole, frames * len(spans), recipe,
+                          timeout_s * len(spans))
     clips = []
     for number, span in enumerate(spans):
         part = slice(number * frames, (number + 1) * frames)
