@@ -216,23 +216,25 @@ def bench_decode(entries: list[discover.FileEntry], encoder: ClipEncoder,
                                 encoder.preprocess.resize_mode)
     workers = args.workers
 
-    def decode_task(task: Task) -> list[np.ndarray] | DecodeError:
+    def decode_task(task: Task) -> tuple[int, list[np.ndarray] | DecodeError]:
+        """(clips in the task, their frames or the error); a file that failed probing counts
+        as one failed clip."""
         if task.error or not task.spans:
-            return task.error or DecodeError(task.entry.path, "unknown", "no clip")
+            return 1, task.error or DecodeError(task.entry.path, "unknown", "no clip")
         try:
-            return [clip.frames for clip in decode.decode_clips(
+            return len(task.spans), [clip.frames for clip in decode.decode_clips(
                 task.entry.path, task.info, list(task.spans), args.frames, recipe, timeout)]
         except DecodeError as e:
-            return e
+            return len(task.spans), e
 
     kept: list[np.ndarray] = []
     clips = frames = failures = 0
     started = time.perf_counter()
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         tasks = clip_tasks(entries, args.clip_seconds, workers, timeout)
-        for result in ordered_map(pool, decode_task, tasks, window=workers * 2):
+        for count, result in ordered_map(pool, decode_task, tasks, window=workers * 2):
             if isinstance(result, DecodeError):
-                failures += 1
+                failures += count
                 continue
             for clip in result:
                 clips += 1

@@ -31,7 +31,6 @@ Device = Annotated[str | None, typer.Option(
     help="torch device, e.g. cpu or cuda:0. Default: cuda when available, else cpu.")]
 
 
-
 def _fail(error: MgvrError) -> typer.Exit:
     typer.echo(f"mgvr: error: {error}", err=True)
     return typer.Exit(error.exit_code)
@@ -102,8 +101,8 @@ def index(
     workers: Annotated[int | None, typer.Option(
         help="Parallel ffmpeg decoders. Default: CPU count, 2 to 16.", show_default=False)] = None,
     decode_timeout: Annotated[float, typer.Option(
-        help="Seconds probing a file, or decoding one of its clips, may take before the file "
-             "is marked failed.")]
+        help="Seconds probing a file, or decoding each of its clips, may take before the file "
+             "is marked failed (clips decoded in one ffmpeg pass share their budget).")]
         = 120.0,
     retry_failed: Annotated[bool, typer.Option(
         help="Retry files that failed before even if they did not change.")] = False,

@@ -26,7 +26,8 @@ SEED = 20261128
 
 @pytest.fixture(scope="module")
 def crash_corpus(tmp_path_factory):
-    """Twelve files of 4-16 s: with 1 s clips and a commit every 3 clips, a run has ~40 commits."""
+    """Twelve files of 4-16 s: 120 clips of 1 s. A commit is due every 3 clips and happens after
+    each encode batch (64 frames, 16 clips of 4 frames), so a run has about 8 commits."""
     root = tmp_path_factory.mktemp("crash_corpus")
     sources = ["testsrc2", "smptebars", "mandelbrot", "life", "rgbtestsrc", "testsrc"]
     for i in range(12):

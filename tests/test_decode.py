@@ -64,9 +64,7 @@ def test_rotation_metadata_is_honoured(corpus):
 
 def _full_size_frames(path, info, span, frames):
     """The frames decode_clip picks, but at full size (no resize), for a reference transform."""
-    step = (span.end_s - span.start_s) / frames
-    command = (decode.sampling_input(str(path), span.start_s)
-               .filter("fps", fps=f"{1.0 / step:.9f}", eof_action="pass")
+    command = (decode.sampled_stream(str(path), info, span, frames)
                .output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=frames)
                .global_args("-v", "error").compile())
     raw = subprocess.run(command, capture_output=True, check=True, timeout=60).stdout
@@ -99,9 +97,9 @@ def test_sampled_frames_lie_near_the_sample_times(tmp_path, skip):
                               skip_non_reference=skip)
     assert len(clip.frames) == 12
     offsets = _frame_numbers(clip.frames) - clip.frame_times * 25
-    # Exact decoding picks the nearest frame (within half a frame interval); skipping
+    # Exact decoding picks the nearest frame (within half a frame interval). Skipping
     # non-reference B-frames leaves at most two in a row out (x264's B-pyramid keeps the middle
-    # one of three), so the nearest remaining frame is within 1.5 intervals (60 ms at 25 fps).
+    # one of three), so the frame taken is within 1.5 intervals (60 ms at 25 fps).
     assert np.abs(offsets).max() <= (1.5 if skip else 0.5) + 1e-3, offsets
 
 
@@ -117,6 +115,39 @@ def test_consecutive_clips_decode_in_one_pass_as_they_do_one_by_one(tmp_path):
         alone = decode.decode_clip(str(path), info, span, 5, decode.FrameRecipe(64), 30)
         assert np.array_equal(_frame_numbers(clip.frames), _frame_numbers(alone.frames))
         assert np.allclose(clip.frame_times, alone.frame_times, atol=1e-5)
+
+
+def test_a_group_running_past_the_end_keeps_order_then_fails(tmp_path, monkeypatch):
+    path = tmp_path / "numbered.mp4"
+    _frame_numbered_video(path, frames=100)  # 4 s
+    info = decode.probe(str(path), 30)
+    commands = []
+
+    def spy(command, *args):
+        commands.append(command)
+        return real_run(command, *args)
+
+    real_run = decode._run
+    monkeypatch.setattr(decode, "_run", spy)
+    # Clips of 1.5 s: the third ends at 4.5 s, past the file's end, and comes out short.
+    spans = [decode.ClipSpan(i, 1.5 * i, 1.5 * (i + 1)) for i in range(3)]
+    clips = decode.decode_clips(str(path), info, spans, 5, decode.FrameRecipe(64), 30)
+    assert [len(c.frames) for c in clips] == [5, 5, 4]
+    numbers = np.concatenate([_frame_numbers(c.frames) for c in clips])
+    assert np.all(np.diff(numbers) > 0) and numbers[-1] < 100
+    # The short pass was decoded again without skipping, which found no more frames.
+    assert len(commands) == 2
+    assert "noref" in commands[0] and "noref" not in commands[1]
+    # A clip that starts past the end gets no frame: the group fails, as the clip alone would.
+    spans.append(decode.ClipSpan(3, 4.5, 6.0))
+    with pytest.raises(DecodeError, match="zero-frames"):
+        decode.decode_clips(str(path), info, spans, 5, decode.FrameRecipe(64), 30)
+
+
+def test_clips_group_in_runs_of_at_most_n():
+    spans = decode.plan_clips(75.0, 15.0)
+    groups = decode.group_clips(spans, 4)
+    assert [[s.index for s in g] for g in groups] == [[0, 1, 2, 3], [4]]
 
 
 @pytest.mark.parametrize("size", [224, 64])

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 import ffmpeg
@@ -233,36 +234,40 @@ def frame_filter(stream, info: VideoInfo, recipe: FrameRecipe):
     return stream.filter("crop", size, size, x, y, exact=1)
 
 
-def sampling_input(path: str, start_s: float, skip_non_reference: bool = True):
-    """ffmpeg's input for sampled decoding, seeking to `start_s`.
+def sampled_stream(path: str, info: VideoInfo, span: ClipSpan, frames: int,
+                   skip_non_reference: bool = True):
+    """ffmpeg's stream of the `frames` sampled frames of a clip, at full size.
 
-    Skipping non-reference frames (usually most B-frames) cuts decode work by ~40% on H.264
-    and the frames that remain are exact; the fps filter then picks the nearest remaining
-    frame, at most a few frame intervals from each sample time. One decoder thread per
-    process: mgvr already runs one ffmpeg per worker, and more threads only compete with them.
+    The fps filter, started at the clip's start, emits for each sample time the last frame
+    before it; starting half a frame interval later makes that the last frame no later than
+    half an interval after the sample time, i.e. the nearest frame when none is skipped.
+    Skipping non-reference frames (usually most B-frames) cuts decode work by ~40% on H.264,
+    and the frames kept are exact; with x264's defaults (B-pyramid) the frame taken is then
+    within 1.5 frame intervals of the sample time, further for encoders that leave long runs
+    of non-reference frames. One decoder thread per process: mgvr already runs one ffmpeg
+    per worker, and more threads would only compete with them.
     """
-    options = {"ss": f"{start_s:.6f}", "threads": 1}
+    step = (span.end_s - span.start_s) / frames
+    half_frame = min(0.5 / info.frame_rate, step / 2) if info.frame_rate else 0.0
+    options = {"ss": f"{span.start_s + half_frame:.6f}", "threads": 1}
     if skip_non_reference:
         options["skip_frame"] = "noref"
-    return ffmpeg.input(path, **options).video
+    return (ffmpeg.input(path, **options).video
+            .filter("fps", fps=f"{1.0 / step:.9f}", eof_action="pass"))
 
 
 def decode_clip(path: str, info: VideoInfo, span: ClipSpan, frames: int, recipe: FrameRecipe,
                 timeout_s: float, skip_non_reference: bool = True) -> DecodedClip:
     """Decode `frames` frames sampled uniformly over the clip, resized for the model.
 
-    ffmpeg's fps filter, started at the clip's start, emits for each sample time the last
-    frame before it; starting half a frame interval later makes that the frame nearest to
-    the sample time. Variable frame rates and odd sizes need no special handling. If
-    skipping non-reference frames leaves fewer frames than asked for (and ffmpeg did not
-    fail), the clip is decoded again without skipping.
+    Variable frame rates and odd sizes need no special handling (see sampled_stream). If
+    skipping non-reference frames leaves fewer frames than asked for and ffmpeg did not fail,
+    the clip is decoded again without skipping, within what is left of `timeout_s`, and the
+    pass with more frames is kept.
     """
-    times = sample_times(span, frames)
-    step = (span.end_s - span.start_s) / frames
-    half_frame = min(0.5 / info.frame_rate, step / 2) if info.frame_rate else 0.0
-    stream = sampling_input(path, span.start_s + half_frame, skip_non_reference)
-    stream = stream.filter("fps", fps=f"{1.0 / step:.9f}", eof_action="pass")
-    stream = frame_filter(stream, info, recipe)
+    started = time.monotonic()
+    stream = frame_filter(sampled_stream(path, info, span, frames, skip_non_reference), info,
+                          recipe)
     command = (stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=frames)
                .global_args("-nostdin", "-v", "error")
                .compile(cmd=tool("ffmpeg")))
@@ -270,8 +275,15 @@ def decode_clip(path: str, info: VideoInfo, span: ClipSpan, frames: int, recipe:
     size = recipe.image_size
     frame_bytes = size * size * 3
     count = len(result.stdout) // frame_bytes
-    if skip_non_reference and count < frames and result.returncode == 0:
-        return decode_clip(path, info, span, frames, recipe, timeout_s, skip_non_reference=False)
+    left_s = timeout_s - (time.monotonic() - started)
+    if skip_non_reference and count < frames and result.returncode == 0 and left_s > 0:
+        try:
+            again = decode_clip(path, info, span, frames, recipe, left_s,
+                                skip_non_reference=False)
+            if len(again.frames) > count:
+                return again
+        except DecodeError:
+            pass  # the first pass's frames stand
     if result.returncode != 0 and count == 0:
         raise DecodeError(path, _failure_reason(result.stderr), _last_error_line(result.stderr,
                                                                                 path))
@@ -279,6 +291,7 @@ def decode_clip(path: str, info: VideoInfo, span: ClipSpan, frames: int, recipe:
         raise DecodeError(path, "zero-frames",
                           f"no frame decoded at {span.start_s:.1f}-{span.end_s:.1f}s")
     pixels = np.frombuffer(result.stdout[:count * frame_bytes], np.uint8)
+    times = sample_times(span, frames)
     return DecodedClip(span, pixels.reshape(count, size, size, 3), times[:count])
 
 
@@ -289,7 +302,8 @@ def decode_clips(path: str, info: VideoInfo, spans: list[ClipSpan], frames: int,
     Their sample times form one uniform grid, so one pass samples them all; that saves a
     process start and, above all, the decoding from the keyframe before each clip's start
     that a seek costs (up to a GOP, 10 s of video for x264's default). A clip that gets no
-    frame fails the group, as it would fail alone. `timeout_s` is per clip.
+    frame fails the group, as it would fail alone. `timeout_s` is per clip: the group's
+    clips share their summed budget.
     """
     whole = ClipSpan(spans[0].index, spans[0].start_s, spans[-1].end_s)
     decoded = decode_clip(path, info, whole, frames * len(spans), recipe,

@@ -176,6 +176,7 @@ class Indexer:
     def run(self, root: Path) -> RunSummary:
         root = validate_root(Path(root))
         started = time.monotonic()
+        self._load_seconds = 0.0  # this run's model load only (an Indexer can run again)
         self.layout.root.mkdir(parents=True, exist_ok=True)
         with WriterLock(self.layout.lock, self.options.wait_s):
             catalog = Catalog(self.layout.catalog)
