@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mgvr.retriever.recall import CoarseSearcher
+from mgvr.retriever.recall import CoarseSearcher, TorchExactSearch
 from mgvr.retriever.synthetic import SyntheticSpace
 from mgvr.storage import coarse as coarse_module
 from mgvr.storage.coarse import CoarseIndex, nlist_for, recall_at_k
@@ -115,3 +115,25 @@ def test_searcher_on_ivf_answers_like_the_index(small_threshold):
         scores, found = searcher.search(query[None], 20)
         expected_scores, expected = index.search(query[None], 20)
         assert np.array_equal(found, expected) and np.array_equal(scores, expected_scores)
+
+
+def test_torch_exact_search_the_gpu_fallback_matches_brute_force():
+    # The GPU fallback's code (float16 vectors, one matmul, top-k) run on the CPU.
+    space, ids, vectors = _clips(3000)
+    index = CoarseIndex.empty(DIM)
+    index.add(ids, vectors)
+    index.remove(ids[::7].tolist())
+    kept = np.setdiff1d(np.arange(len(ids)), np.arange(0, len(ids), 7))
+    search = TorchExactSearch(index, torch.device("cpu"))
+    queries = space.queries(5, np.random.default_rng(3)).astype(np.float32)
+    scores, found = search.search(queries, 20)
+    exact_scores = queries @ vectors[kept].T
+    for q in range(len(queries)):
+        order = np.argsort(-exact_scores[q])
+        # float16 storage moves scores by ~1e-3: compare sets above that margin.
+        assert np.allclose(scores[q], exact_scores[q][order[:20]], atol=2e-3)
+        assert len(set(found[q]) ^ set(ids[kept][order[:20]])) <= 2
+        assert set(found[q].tolist()) <= set(ids[kept].tolist())  # no removed clip comes back
+        by_id = dict(zip(ids.tolist(), vectors, strict=True))
+        true_scores = np.array([by_id[i] @ queries[q] for i in found[q].tolist()])
+        assert np.allclose(scores[q], true_scores, atol=2e-3)  # each id with its own score

@@ -19,12 +19,27 @@ def faiss_has_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+class TorchExactSearch:
+    """Every coarse vector on `device` in float16, searched exactly with one matmul (the GPU
+    fallback; the same code runs on the CPU, which is how the tests check it)."""
+
+    def __init__(self, coarse: CoarseIndex, device: torch.device) -> None:
+        ids, vectors = coarse.items()
+        self.vectors = torch.from_numpy(vectors).to(device, torch.float16)
+        self.ids = torch.from_numpy(ids).to(device)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        text = torch.from_numpy(queries).to(self.vectors.device, torch.float16)
+        scores, rows = (text @ self.vectors.T).float().topk(k, dim=1)
+        return scores.cpu().numpy(), self.ids[rows].cpu().numpy()
+
+
 class CoarseSearcher:
     def __init__(self, coarse: CoarseIndex, device: torch.device) -> None:
         self.coarse = coarse
         self.backend = f"faiss-cpu-{coarse.kind}"
         self._gpu_index: faiss.Index | None = None
-        self._torch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._torch: TorchExactSearch | None = None
         if device.type == "cuda" and len(coarse):
             if faiss_has_gpu():
                 self._resources = faiss.StandardGpuResources()
@@ -32,9 +47,7 @@ class CoarseSearcher:
                                                          coarse.index)
                 self.backend = f"faiss-gpu-{coarse.kind}"
             else:
-                ids, vectors = coarse.items()
-                self._torch = (torch.from_numpy(vectors).to(device, torch.float16),
-                               torch.from_numpy(ids).to(device))
+                self._torch = TorchExactSearch(coarse, device)
                 self.backend = "torch-gpu-exact"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,10 +59,7 @@ class CoarseSearcher:
         if k <= 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
         if self._torch is not None:
-            vectors, ids = self._torch
-            text = torch.from_numpy(queries).to(vectors.device, torch.float16)
-            scores, rows = (text @ vectors.T).float().topk(k, dim=1)
-            return scores.cpu().numpy(), ids[rows].cpu().numpy()
+            return self._torch.search(queries, k)
         if self._gpu_index is not None:
             return self._gpu_index.search(np.ascontiguousarray(queries, np.float32), k)
         return self.coarse.search(queries, k)
