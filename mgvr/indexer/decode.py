@@ -241,11 +241,11 @@ def sampled_stream(path: str, info: VideoInfo, span: ClipSpan, frames: int,
     The fps filter, started at the clip's start, emits for each sample time the last frame
     before it; starting half a frame interval later makes that the last frame no later than
     half an interval after the sample time, i.e. the nearest frame when none is skipped.
-    Skipping non-reference frames (usually most B-frames) cuts decode work by ~40% on H.264,
-    and the frames kept are exact; with x264's defaults (B-pyramid) the frame taken is then
-    within 1.5 frame intervals of the sample time, further for encoders that leave long runs
-    of non-reference frames. One decoder thread per process: mgvr already runs one ffmpeg
-    per worker, and more threads would only compete with them.
+    Skipping non-reference frames (usually most B-frames) cuts decode work by up to ~40% on
+    H.264 with B-frames, and the frames kept are exact; with x264's defaults (B-pyramid) the
+    frame taken is then within 1.5 frame intervals of the sample time, further for encoders
+    that leave long runs of non-reference frames. One decoder thread per process: mgvr
+    already runs one ffmpeg per worker, and more threads would only compete with them.
     """
     step = (span.end_s - span.start_s) / frames
     half_frame = min(0.5 / info.frame_rate, step / 2) if info.frame_rate else 0.0
