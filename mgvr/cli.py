@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from mgvr.cli_common import Device, IndexPath, fail
 from mgvr.errors import EXIT_PARTIAL, MgvrError
 from mgvr.retriever.results import SEARCH_SCHEMA, search_document
 
@@ -23,17 +24,6 @@ app = typer.Typer(
     help="Search your video collections by text. `mgvr index FOLDER` builds or updates an index; "
          "`mgvr search \"QUERY\"` finds clips. Exit codes: 0 ok, 1 failed, 2 bad usage or input, "
          "3 some files could not be indexed, 4 index locked by another run.")
-
-IndexPath = Annotated[Path | None, typer.Option(
-    "--index", help="Index directory. Default: $MGVR_INDEX, else the per-user data directory.",
-    show_default=False)]
-Device = Annotated[str | None, typer.Option(
-    help="torch device, e.g. cpu or cuda:0. Default: cuda when available, else cpu.")]
-
-
-def _fail(error: MgvrError) -> typer.Exit:
-    typer.echo(f"mgvr: error: {error}", err=True)
-    return typer.Exit(error.exit_code)
 
 
 class _BarProgress:
@@ -143,7 +133,7 @@ def index(
     try:
         summary = Indexer(default_index_dir(index_dir), options, progress).run(folder)
     except MgvrError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     for path, reason, detail in summary.failures:
         typer.echo(f"mgvr: failed: {path}: {reason}: {detail}", err=True)
     if not quiet:
@@ -167,7 +157,7 @@ def status(
         catalog = Catalog(layout.catalog, readonly=True)
         report = index_status(layout, catalog, runs)
     except MgvrError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -211,7 +201,7 @@ def verify(
             report = verify_index(layout, catalog, repair=repair)
             after = verify_index(layout, catalog) if report.repaired else report
     except MgvrError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     for problem in report.problems:
         typer.echo(f"problem: {problem}")
     for orphan in report.orphans:
@@ -249,7 +239,7 @@ def compact(
             result = compact_index(layout, Catalog(layout.catalog),
                                    IndexConfig.load(layout.root))
     except MgvrError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     typer.echo(f"rewrote {result.parts_rewritten} parts, dropped {result.rows_dropped} dead rows; "
                f"{result.bytes_before / 1e6:.1f} MB -> {result.bytes_after / 1e6:.1f} MB")
 
@@ -268,7 +258,7 @@ def _existing_layout(index_dir: Path | None):
 def _fail_usage(message: str) -> typer.Exit:
     from mgvr.errors import UsageError
 
-    return _fail(UsageError(message))
+    return fail(UsageError(message))
 
 
 @app.command()
@@ -314,7 +304,7 @@ def search(
                                       rerank=not no_rerank)
             context_length = retriever.config.model.context_length
     except MgvrError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     if result.query_truncated:
         typer.echo(f"mgvr: note: query longer than the model's {context_length} tokens; "
                    "the rest was ignored", err=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from mgvr.cli_common import Device, IndexPath, fail, set_torch_threads
 from mgvr.errors import MgvrError, UsageError
 
 
@@ -20,15 +20,11 @@ def _stop(signum: int, frame: object) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
-        index_dir: Annotated[Path | None, typer.Option(
-            "--index", help="Index directory. Default: $MGVR_INDEX, else the per-user data "
-                            "directory.", show_default=False)] = None,
+        index_dir: IndexPath = None,
         port: Annotated[int, typer.Option(
             help="TCP port on 127.0.0.1; 0 picks a free one (recorded in <index>/serve.json).")]
             = 0,
-        device: Annotated[str | None, typer.Option(
-            help="torch device, e.g. cpu or cuda:0. Default: cuda when available, else cpu.")]
-            = None,
+        device: Device = None,
         threads: Annotated[int | None, typer.Option(
             help="CPU threads for torch (text encoding). Default: torch's choice; 1 is faster "
                  "on a small or busy machine.", show_default=False)] = None,
@@ -45,19 +41,14 @@ def register(app: typer.Typer) -> None:
         try:
             if not 0 <= port <= 65535:
                 raise UsageError(f"--port must be 0 to 65535, not {port}")
-            if threads is not None and threads <= 0:
-                raise UsageError(f"--threads must be positive, not {threads}")
+            set_torch_threads(threads)
             other = running_server(root)
             if other is not None:
                 raise UsageError(f"{root}: already served by pid {other.pid} on port "
                                  f"{other.port}; stop it first or search through it")
-            import torch  # only once there is work to do
-
             from mgvr.retriever.search import Retriever
             from mgvr.serve.server import SearchService, make_server
 
-            if threads is not None:
-                torch.set_num_threads(threads)
             service = SearchService(Retriever(root, device=device))
             service.warm_up()
             server = make_server(service, port)
@@ -65,8 +56,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"mgvr: error: cannot listen on 127.0.0.1:{port}: {e.strerror}", err=True)
             raise typer.Exit(1) from None
         except MgvrError as e:
-            typer.echo(f"mgvr: error: {e}", err=True)
-            raise typer.Exit(e.exit_code) from None
+            raise fail(e) from None
         info = discovery.ServeInfo(os.getpid(), server.server_address[1], service.index,
                                    str(service.retriever.device), time.time())
         try:

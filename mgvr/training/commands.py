@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from mgvr.cli_common import Device, fail, set_torch_threads
 from mgvr.errors import MgvrError, UsageError
 
 # Training a small CLIP from scratch: CLIP learns at the head's rate, embeddings included
@@ -19,8 +20,6 @@ from mgvr.errors import MgvrError, UsageError
 DEMO_TRAIN_FLAGS = {"lr": 5e-4, "clip_lr": 5e-4, "weight_decay": 0.2, "warmup": 0.1,
                     "freeze_embeddings": False, "batch_size": 32}
 
-Device = Annotated[str | None, typer.Option(
-    help="torch device, e.g. cpu or cuda:0. Default: cuda when available, else cpu.")]
 CacheDir = Annotated[Path | None, typer.Option(
     help="Where decoded frames are cached. Default: the per-user cache directory.",
     show_default=False)]
@@ -30,27 +29,12 @@ Threads = Annotated[int | None, typer.Option(
          "shared machine.", show_default=False)]
 
 
-def _fail(error: MgvrError) -> typer.Exit:
-    typer.echo(f"mgvr: error: {error}", err=True)
-    return typer.Exit(error.exit_code)
-
-
 def _default_cache(cache_dir: Path | None) -> Path:
     if cache_dir is not None:
         return cache_dir
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("mgvr")) / "frames"
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    if threads <= 0:
-        raise UsageError(f"--threads must be positive, not {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def _note(message: str) -> None:
@@ -154,7 +138,7 @@ def train_command(
         dataset = load_dataset(data, "train")  # bad paths fail before torch is imported
         from mgvr.training.trainer import TrainOptions, train
 
-        _set_threads(threads)
+        set_torch_threads(threads)
         options = TrainOptions(
             model=model, pretrained=pretrained, frames=frames, epochs=epochs,
             batch_size=batch_size, lr=lr, clip_lr=clip_lr, weight_decay=weight_decay,
@@ -174,7 +158,7 @@ def train_command(
                        on_step=printer.step, on_note=None if quiet else _note,
                        on_decode=printer.decode)
     except MgvrError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     last = result.history[-1] if result.history else {}
     typer.echo(f"trained {result.steps} steps over {result.epochs} epochs; "
                f"last epoch loss {last.get('loss', float('nan')):.4f}; checkpoint "
@@ -229,14 +213,14 @@ def eval_command(
         dataset = load_dataset(data, split)  # bad paths fail before torch is imported
         from mgvr.training.evaluate import format_report, run_evaluation
 
-        _set_threads(threads)
+        set_torch_threads(threads)
         report = run_evaluation(
             dataset, cache_dir=_default_cache(cache_dir), checkpoint=checkpoint, model=model,
             pretrained=pretrained, frames=frames, depths=_parse_depths(depths),
             timing_queries=timing_queries, timing_clips=timing_clips, workers=workers,
             device=device, on_note=_note)
     except MgvrError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
@@ -297,7 +281,7 @@ def demo_command(
                                 checkpoint=run / "checkpoint", depths=(10, 50), workers=workers,
                                 device=device, on_note=_note)
     except MgvrError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     typer.echo(format_report(report))
     checkpoint = run / "checkpoint"
     typer.echo(f"\nindex and search the corpus with the trained model (fine-tuned CLIP, "
