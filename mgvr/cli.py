@@ -245,14 +245,9 @@ def compact(
 
 
 def _existing_layout(index_dir: Path | None):
-    from mgvr.errors import IndexNotFoundError
     from mgvr.storage.layout import IndexLayout, default_index_dir
 
-    layout = IndexLayout(default_index_dir(index_dir))
-    if not layout.exists():
-        raise IndexNotFoundError(f"{layout.root}: no mgvr index here; build one with "
-                                 "`mgvr index FOLDER` or point --index at an existing index")
-    return layout
+    return IndexLayout(default_index_dir(index_dir)).require()
 
 
 def _fail_usage(message: str) -> typer.Exit:

@@ -112,7 +112,7 @@ class IndexWriter:
             self._part.close()
             part_rows = self._part.rows
         self.coarse.remove(self._stale_clip_ids)
-        generation = max([self.catalog.generation(), *self.layout.coarse_generations()]) + 1
+        generation = self.layout.next_generation(self.catalog.generation())
         self.coarse.save(self.layout.coarse(generation))
         with self.catalog.transaction():
             for path in self._removals:

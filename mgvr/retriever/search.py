@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mgvr.config import IndexConfig, ModelIdentity
-from mgvr.errors import IncompatibleIndexError, IndexNotFoundError, MgvrError, UsageError
+from mgvr.errors import IncompatibleIndexError, MgvrError, UsageError
 from mgvr.model.clip import ClipEncoder, load_for_index, pick_device
 from mgvr.model.head import EercfHead, load_head_for_index
 from mgvr.retriever.recall import CoarseSearcher
@@ -50,11 +50,7 @@ class Retriever:
 
     def __init__(self, index_dir: Path, device: str | None = None, model: str | None = None,
                  pretrained: str | None = None) -> None:
-        self.layout = IndexLayout(Path(index_dir))
-        if not self.layout.exists():
-            raise IndexNotFoundError(
-                f"{self.layout.root}: no mgvr index here; build one with `mgvr index FOLDER` "
-                "or point --index / $MGVR_INDEX at an existing index")
+        self.layout = IndexLayout(Path(index_dir)).require()
         self.config = IndexConfig.load(self.layout.root)
         built = self.config.model
         check_requested_model(self.layout.root, built, model, pretrained)

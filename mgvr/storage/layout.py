@@ -9,6 +9,7 @@ from pathlib import Path
 import platformdirs
 
 from mgvr.config import CONFIG_FILENAME
+from mgvr.errors import IndexNotFoundError
 
 INDEX_ENV = "MGVR_INDEX"
 _COARSE_NAME = re.compile(r"^coarse-(\d+)\.faiss$")
@@ -46,8 +47,21 @@ class IndexLayout:
     def exists(self) -> bool:
         return self.config.is_file() and self.catalog.is_file()
 
+    def require(self) -> IndexLayout:
+        """This layout, or IndexNotFoundError when no index lives here."""
+        if not self.exists():
+            raise IndexNotFoundError(
+                f"{self.root}: no mgvr index here; build one with `mgvr index FOLDER` "
+                "or point --index / $MGVR_INDEX at an existing index")
+        return self
+
     def coarse(self, generation: int) -> Path:
         return self.root / f"coarse-{generation:06d}.faiss"
+
+    def next_generation(self, current: int) -> int:
+        """A generation number above `current` and above every FAISS file on disk, so a file
+        left by a killed run is never taken for a new generation's."""
+        return max([current, *self.coarse_generations()]) + 1
 
     def coarse_generations(self) -> list[int]:
         if not self.root.is_dir():

@@ -216,7 +216,7 @@ def _repair(layout, catalog, config, locations, bad_clips, bad_parts, report) ->
         rows = reader.read([(part, row) for _, part, row in good])
         coarse.add(np.array([clip_id for clip_id, _, _ in good], np.int64),
                    np.stack([row.coarse for row in rows]))
-    generation = max([catalog.generation(), *layout.coarse_generations()]) + 1
+    generation = layout.next_generation(catalog.generation())
     coarse.save(layout.coarse(generation))
     with catalog.transaction():
         for path in dropped_paths:
@@ -276,7 +276,7 @@ def compact(layout: IndexLayout, catalog: Catalog, config: IndexConfig) -> Compa
     # Readers cache clip locations per generation: a new generation (the same FAISS file,
     # hard-linked) tells them the locations moved.
     generation = catalog.generation()
-    next_generation = max([generation, *layout.coarse_generations()]) + 1
+    next_generation = layout.next_generation(generation)
     if generation:
         os.link(layout.coarse(generation), layout.coarse(next_generation))
     with catalog.transaction():
