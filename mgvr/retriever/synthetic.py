@@ -21,6 +21,7 @@ from mgvr.storage.catalog import Catalog, NewClip, VideoUpdate
 from mgvr.storage.coarse import CoarseIndex
 from mgvr.storage.fine import FinePartWriter, FineRow
 from mgvr.storage.layout import IndexLayout
+from mgvr.storage.maintenance import part_metadata
 
 PART_ROWS = 2000  # what `mgvr index` commits at most per part
 CLIP_SECONDS = 15.0
@@ -92,11 +93,11 @@ def write_index(root: Path, identity: ModelIdentity, clips: int, frames: int,
     if layout.exists():
         raise FileExistsError(f"{root}: already holds an index")
     root.mkdir(parents=True, exist_ok=True)
-    IndexConfig(model=identity, frames_per_clip=frames, clip_seconds=CLIP_SECONDS).save(root)
+    config = IndexConfig(model=identity, frames_per_clip=frames, clip_seconds=CLIP_SECONDS)
+    config.save(root)
     catalog = Catalog(layout.catalog)
     coarse = CoarseIndex.empty(identity.embed_dim)
-    metadata = {"model": identity.describe(), "weights_sha256": identity.weights_sha256,
-                "dim": identity.embed_dim, "frames_per_clip": frames}
+    metadata = part_metadata(config)
     frame_times = ((np.arange(frames, dtype=np.float32) + 0.5) * CLIP_SECONDS / frames)
     next_clip_id, video = catalog.next_clip_id(), 0
     try:
