@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
@@ -35,23 +36,28 @@ def part_stem(name: str) -> str:
     return name.split(".", 1)[0]
 
 
+def _uncommitted(layout: IndexLayout, catalog: Catalog) -> list[Path]:
+    """FAISS generations above the committed one, and fine files of no committed part (or
+    temporary), sorted: what a killed run leaves behind, apart from the root's temp files."""
+    current = catalog.generation()
+    paths = [layout.coarse(g) for g in layout.coarse_generations() if g > current]
+    if layout.fine_dir.is_dir():
+        committed = {part_stem(name) for name in catalog.part_names()}
+        paths += [p for p in sorted(layout.fine_dir.iterdir())
+                  if part_stem(p.name) not in committed or p.name.endswith(".tmp")]
+    return paths
+
+
+def _orphan_name(layout: IndexLayout, path: Path) -> str:
+    return path.relative_to(layout.root).as_posix()
+
+
 def remove_orphans(layout: IndexLayout, catalog: Catalog) -> list[str]:
     """Delete what a killed run left behind: uncommitted parts, generations and temp files."""
     removed = []
-    current = catalog.generation()
-    for generation in layout.coarse_generations():
-        if generation > current:
-            layout.coarse(generation).unlink(missing_ok=True)
-            removed.append(layout.coarse(generation).name)
-    for tmp in layout.root.glob("*.tmp"):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp.name)
-    if layout.fine_dir.is_dir():
-        committed = {part_stem(name) for name in catalog.part_names()}
-        for path in layout.fine_dir.iterdir():
-            if part_stem(path.name) not in committed or path.name.endswith(".tmp"):
-                path.unlink(missing_ok=True)
-                removed.append(f"fine/{path.name}")
+    for path in [*_uncommitted(layout, catalog), *layout.root.glob("*.tmp")]:
+        path.unlink(missing_ok=True)
+        removed.append(_orphan_name(layout, path))
     return removed
 
 
@@ -96,13 +102,7 @@ def verify(layout: IndexLayout, catalog: Catalog, repair: bool = False) -> Verif
 
 
 def _orphans(layout: IndexLayout, catalog: Catalog) -> list[str]:
-    names = [layout.coarse(g).name for g in layout.coarse_generations()
-             if g > catalog.generation()]
-    if layout.fine_dir.is_dir():
-        committed = {part_stem(name) for name in catalog.part_names()}
-        names += [f"fine/{p.name}" for p in sorted(layout.fine_dir.iterdir())
-                  if part_stem(p.name) not in committed or p.name.endswith(".tmp")]
-    return names
+    return [_orphan_name(layout, path) for path in _uncommitted(layout, catalog)]
 
 
 def _check_fine(layout, catalog, config, locations, report) -> tuple[set[int], list[str]]:
