@@ -12,7 +12,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mgvr.storage.catalog import Catalog, VideoRecord
@@ -39,6 +39,7 @@ class FileEntry:
     path: str  # absolute
     size: int
     mtime_ns: int
+    content_key: str | None = None  # set once hashed (to match moves), so it is hashed once
 
 
 CONTENT_KEY_BYTES = 1 << 20
@@ -163,7 +164,8 @@ def _match_moves(removed: list[VideoRecord], new: list[FileEntry],
         return removed, new
     still_new = []
     for entry in new:
-        record = by_key.pop((content_key(entry.path, entry.size), entry.size), None)
+        entry = replace(entry, content_key=content_key(entry.path, entry.size))
+        record = by_key.pop((entry.content_key, entry.size), None)
         if record is None:
             still_new.append(entry)
         else:

@@ -299,7 +299,7 @@ class Indexer:
                    "write": 0.0}
 
         def probe(entry: discover.FileEntry) -> ClipTask:
-            key = discover.content_key(entry.path, entry.size)
+            key = entry.content_key or discover.content_key(entry.path, entry.size)
             try:
                 return ClipTask(entry, key, info=decode.probe(entry.path, timeout))
             except DecodeError as e:
