@@ -82,22 +82,22 @@ class Retriever:
     def _current_searcher(self) -> CoarseSearcher:
         generation = self.catalog.generation()
         if generation != self._generation or self._searcher is None:
-            self._searcher = CoarseSearcher(self._load_coarse(generation), self.device)
-            self._generation = generation
+            self._generation, coarse = self._load_coarse(generation)
+            self._searcher = CoarseSearcher(coarse, self.device)
             self._records = {}
         return self._searcher
 
-    def _load_coarse(self, generation: int) -> CoarseIndex:
-        """The FAISS file of `generation`; if a writer committed twice since the catalog was
+    def _load_coarse(self, generation: int) -> tuple[int, CoarseIndex]:
+        """(generation, its FAISS index); if a writer committed twice since the catalog was
         read and deleted that file meanwhile, the newer generation is taken instead."""
         dim = self.config.model.embed_dim
         for _ in range(READ_ATTEMPTS):
             if generation == 0:
-                return CoarseIndex.empty(dim)
+                return generation, CoarseIndex.empty(dim)
             path = self.layout.coarse(generation)
             if path.is_file():
                 try:
-                    return CoarseIndex.load(path, dim)
+                    return generation, CoarseIndex.load(path, dim)
                 except IncompatibleIndexError:
                     if path.is_file():
                         raise
@@ -105,7 +105,7 @@ class Retriever:
             if newer == generation:
                 break
             generation = newer
-        return CoarseIndex.load(self.layout.coarse(generation), dim)
+        return generation, CoarseIndex.load(self.layout.coarse(generation), dim)
 
     def prefetch(self) -> None:
         """Read the catalog file once so it sits in the page cache (a long-running server does
