@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,10 +137,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
                           text=True, timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture
-def copy_tree():
-    def copy(source: Path, target: Path) -> Path:
-        shutil.copytree(source, target)
-        return target
+def verify_index(index_dir: Path, repair: bool = False):
+    """`mgvr verify` on the index, in process: its VerifyReport."""
+    from mgvr.storage.catalog import Catalog
+    from mgvr.storage.layout import IndexLayout
+    from mgvr.storage.maintenance import verify
 
-    return copy
+    layout = IndexLayout(index_dir)
+    catalog = Catalog(layout.catalog)
+    try:
+        return verify(layout, catalog, repair=repair)
+    finally:
+        catalog.close()

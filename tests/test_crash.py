@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_video, run_cli
+from conftest import make_video, run_cli, verify_index
 
 import mgvr
 from mgvr.retriever import Retriever
@@ -18,7 +18,6 @@ from mgvr.storage.catalog import Catalog
 from mgvr.storage.coarse import CoarseIndex
 from mgvr.storage.fine import FineReader
 from mgvr.storage.layout import IndexLayout
-from mgvr.storage.maintenance import verify
 
 KILLS = 20
 SEED = 20261128
@@ -54,16 +53,15 @@ def _snapshot(index_dir):
     try:
         if catalog.generation() == 0:
             return {}
-        locations = catalog.clip_locations()
-        records = catalog.clips_by_ids([clip_id for clip_id, *_ in locations])
-        rows = FineReader(layout.fine_dir, 64).read([(part, row) for _, part, row, _, _ in
-                                                     locations])
+        records = catalog.clips_by_ids(catalog.all_clip_ids())
+        rows = FineReader(layout.fine_dir, 64).read([(r.part, r.row) for r in records.values()])
         coarse = CoarseIndex.load(layout.coarse(catalog.generation()), 64)
-        vectors = dict(zip(coarse.ids().tolist(), coarse.vectors(), strict=True))
+        ids, stored = coarse.items()
+        vectors = dict(zip(ids.tolist(), stored, strict=True))
         assert sorted(vectors) == sorted(records), "FAISS ids differ from the catalog's clips"
         return {(records[clip_id].video_path, records[clip_id].clip_index):
                 (records[clip_id].start_s, records[clip_id].end_s, vectors[clip_id], row.features)
-                for (clip_id, *_), row in zip(locations, rows, strict=True)}
+                for clip_id, row in zip(records, rows, strict=True)}
     finally:
         catalog.close()
 
@@ -72,11 +70,7 @@ def _assert_consistent(index_dir):
     layout = IndexLayout(index_dir)
     if not layout.exists():
         return 0  # killed before the first commit: nothing committed, nothing to check
-    catalog = Catalog(layout.catalog)
-    try:
-        report = verify(layout, catalog)
-    finally:
-        catalog.close()
+    report = verify_index(index_dir)
     assert report.clean, report.problems
     snapshot = _snapshot(index_dir)
     if snapshot:

@@ -5,6 +5,7 @@ import subprocess
 import numpy as np
 import open_clip
 import pytest
+from conftest import ffmpeg
 from PIL import Image
 
 from mgvr.errors import DecodeError
@@ -75,10 +76,9 @@ def _frame_numbered_video(path, frames=125, rate=25):
     """A 64x64 H.264 file with B-frames that shows its frame number in binary: eight
     8-pixel-wide stripes, white for a 1 bit, least significant on the left."""
     bits = "255*mod(floor(N/pow(2,floor(X/8))),2)"
-    subprocess.run([decode.tool("ffmpeg"), "-v", "error", "-y", "-f", "lavfi", "-i",
-                    f"color=c=black:s=64x64:r={rate},format=gray,geq=lum='{bits}'",
-                    "-frames:v", str(frames), "-c:v", "libx264", "-preset", "veryfast", "-bf", "3",
-                    "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)
+    ffmpeg("-f", "lavfi", "-i", f"color=c=black:s=64x64:r={rate},format=gray,geq=lum='{bits}'",
+           "-frames:v", str(frames), "-c:v", "libx264", "-preset", "veryfast", "-bf", "3",
+           "-pix_fmt", "yuv420p", str(path))
 
 
 def _frame_numbers(frames):
@@ -87,10 +87,16 @@ def _frame_numbers(frames):
     return (bits * (2 ** np.arange(8))).sum(axis=1)
 
 
-@pytest.mark.parametrize("skip", [True, False])
-def test_sampled_frames_lie_near_the_sample_times(tmp_path, skip):
-    path = tmp_path / "numbered.mp4"
+@pytest.fixture(scope="module")
+def numbered_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("numbered") / "numbered.mp4"
     _frame_numbered_video(path)
+    return path
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_sampled_frames_lie_near_the_sample_times(numbered_video, skip):
+    path = numbered_video
     info = decode.probe(str(path), 30)
     span = decode.ClipSpan(0, 0.0, info.duration_s)
     clip = decode.decode_clip(str(path), info, span, 12, decode.FrameRecipe(64), 30,

@@ -7,28 +7,17 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_video, run_cli
+from conftest import make_video, run_cli, verify_index
 
 import mgvr
 from mgvr.storage.catalog import Catalog
 from mgvr.storage.coarse import CoarseIndex
-from mgvr.storage.layout import IndexLayout
-from mgvr.storage.maintenance import verify
 
 
 def _clip_ids(index_dir):
     catalog = Catalog(index_dir / "catalog.sqlite", readonly=True)
     try:
         return {path: clip_id for clip_id, _, _, _, path in catalog.clip_locations()}
-    finally:
-        catalog.close()
-
-
-def _verify(index_dir, repair=False):
-    layout = IndexLayout(index_dir)
-    catalog = Catalog(layout.catalog)
-    try:
-        return verify(layout, catalog, repair=repair)
     finally:
         catalog.close()
 
@@ -81,7 +70,7 @@ def test_rename_move_modify_delete_corrupt_and_partial_files(tmp_path, folder, t
     assert index.update(folder, settle_seconds=0, retry_failed=True).failed == 1
     shutil.copy(folder / "f.mp4", folder / "e.mp4")
     assert index.update(folder, settle_seconds=0).indexed == 1
-    assert _verify(tmp_path / "idx").clean
+    assert verify_index(tmp_path / "idx").clean
 
 
 def test_status_reports_files_failures_runs_and_size(tmp_path, folder, tiny_model):
@@ -103,7 +92,7 @@ def test_status_reports_files_failures_runs_and_size(tmp_path, folder, tiny_mode
 def _fresh_index(tmp_path, folder, tiny_model):
     index_dir = tmp_path / "idx"
     mgvr.Index(index_dir, device="cpu").update(folder, settle_seconds=0, **tiny_model)
-    assert _verify(index_dir).clean
+    assert verify_index(index_dir).clean
     return index_dir
 
 
@@ -124,14 +113,14 @@ def test_verify_detects_a_deleted_shard_and_repair_lists_files_to_reindex(
     index_dir = _fresh_index(tmp_path, folder, tiny_model)
     for part in (index_dir / "fine").glob("part-*"):
         part.unlink()
-    report = _verify(index_dir)
+    report = verify_index(index_dir)
     assert any("unreadable" in p for p in report.problems)
-    report = _verify(index_dir, repair=True)
+    report = verify_index(index_dir, repair=True)
     assert sorted(report.reindex) == sorted(str(p) for p in folder.iterdir())
-    assert _verify(index_dir).clean
+    assert verify_index(index_dir).clean
     assert mgvr.Index(index_dir).search("x") == []
     assert mgvr.Index(index_dir).update(folder, settle_seconds=0).indexed == 4  # re-indexed
-    assert _verify(index_dir).clean
+    assert verify_index(index_dir).clean
 
 
 def test_verify_detects_clips_without_vectors_and_searchable_dead_clips(
@@ -145,12 +134,12 @@ def test_verify_detects_clips_without_vectors_and_searchable_dead_clips(
     coarse.add(np.array([99999]), np.ones((1, 64), np.float32) / 8)
     coarse.save(index_dir / f"coarse-{generation:06d}.faiss")
     catalog.close()
-    report = _verify(index_dir)
+    report = verify_index(index_dir)
     assert f"live clips have no coarse vector (e.g. clip {victim})" in " ".join(report.problems)
     assert "vectors of removed clips are searchable (e.g. clip 99999)" in " ".join(
         report.problems)
-    assert _verify(index_dir, repair=True).reindex == []
-    assert _verify(index_dir).clean
+    assert verify_index(index_dir, repair=True).reindex == []
+    assert verify_index(index_dir).clean
     assert len(mgvr.Index(index_dir).search("x", limit=10)) == 4
 
 
@@ -163,7 +152,7 @@ def test_compact_drops_dead_rows_and_keeps_search_results(tmp_path, folder, tiny
     expected = [(h.clip_id, round(h.score, 5)) for h in index.search("a test", limit=10)]
     result = run_cli("compact", "--index", str(index_dir))
     assert result.returncode == 0 and "dropped 2 dead rows" in result.stdout, result.stdout
-    assert _verify(index_dir).clean
+    assert verify_index(index_dir).clean
     # A retriever opened before the compaction (its cached locations point at deleted parts)
     # and a fresh one both still find the same clips.
     assert [(h.clip_id, round(h.score, 5)) for h in index.search("a test", limit=10)] == expected

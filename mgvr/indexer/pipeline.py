@@ -220,6 +220,7 @@ class Indexer:
     # model and config -------------------------------------------------------------------------
     def _config(self, catalog: Catalog) -> IndexConfig:
         opts = self.options
+        checkpoint = opts.model_checkpoint and str(Path(opts.model_checkpoint).resolve())
         if self.layout.config.is_file():
             config = IndexConfig.load(self.layout.root)
             built = config.model
@@ -229,7 +230,6 @@ class Indexer:
                      "--frames": (opts.frames_per_clip, config.frames_per_clip),
                      "--clip-seconds": (opts.clip_seconds and float(opts.clip_seconds),
                                         config.clip_seconds)}
-            checkpoint = opts.model_checkpoint and str(Path(opts.model_checkpoint).resolve())
             asked["--model-checkpoint"] = (checkpoint, config.head_checkpoint)
             for flag, (wanted, have) in asked.items():
                 if wanted is not None and wanted != have:
@@ -241,7 +241,6 @@ class Indexer:
             raise IncompatibleIndexError(f"{self.layout.config}: missing while the catalog has "
                                          "data; run `mgvr verify --repair` or re-index")
         encoder = self._encoder_for_new_index()
-        checkpoint = opts.model_checkpoint and str(Path(opts.model_checkpoint).resolve())
         config = IndexConfig(model=encoder.identity,
                              frames_per_clip=opts.frames_per_clip or DEFAULT_FRAMES,
                              clip_seconds=opts.clip_seconds or DEFAULT_CLIP_SECONDS,

@@ -133,10 +133,6 @@ class CoarseIndex:
     def ids(self) -> np.ndarray:
         return self.items()[0]
 
-    def vectors(self) -> np.ndarray:
-        """All stored vectors in the order of `ids()`."""
-        return self.items()[1]
-
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) float32 -> scores (Q, k') and clip ids (Q, k'), k' = min(k, size), best first.
 
