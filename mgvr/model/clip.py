@@ -106,6 +106,11 @@ class ClipEncoder:
     def frame_batch_size(self) -> int:
         return 512 if self.device.type == "cuda" else 64
 
+    def pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, S, S, 3) uint8 frames on the device -> (N, 3, S, S) model input:
+        [0, 1], then (x - mean) / std."""
+        return (frames.permute(0, 3, 1, 2).float() / 255.0 - self._mean) / self._std
+
     @torch.inference_mode()
     def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
         """(N, S, S, 3) uint8 RGB frames, already resized and cropped -> (N, D) float32."""
@@ -118,7 +123,7 @@ class ClipEncoder:
             if self.device.type == "cuda":  # pinned pages let the copy overlap the last batch
                 batch = batch.pin_memory()
             batch = batch.to(self.device, non_blocking=True)
-            pixels = (batch.permute(0, 3, 1, 2).float() / 255.0 - self._mean) / self._std
+            pixels = self.pixels(batch)
             with torch.autocast(self.device.type, dtype=torch.float16,
                                 enabled=self.device.type == "cuda"):
                 features = self.model.encode_image(pixels)

@@ -1,8 +1,8 @@
 """Frame and caption features with gradients, for training.
 
 The same arithmetic as ClipEncoder.encode_frames / encode_texts (which run under
-inference_mode for indexing and evaluation): uint8 -> [0, 1] -> (x - mean) / std -> CLIP tower ->
-L2 normalisation. Only real (unpadded) frames go through the image tower.
+inference_mode for indexing and evaluation): ClipEncoder.pixels -> CLIP tower -> L2
+normalisation. Only real (unpadded) frames go through the image tower.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ def frame_features(encoder: ClipEncoder, frames: np.ndarray, mask: np.ndarray) -
     batch, count = mask.shape
     device = encoder.device
     real = torch.from_numpy(frames[mask]).to(device)  # (R, S, S, 3), R real frames
-    mean = torch.tensor(encoder.preprocess.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(encoder.preprocess.std, device=device).view(1, 3, 1, 1)
-    pixels = (real.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-    features = torch.nn.functional.normalize(encoder.model.encode_image(pixels).float(), dim=-1)
+    features = torch.nn.functional.normalize(
+        encoder.model.encode_image(encoder.pixels(real)).float(), dim=-1)
     out = features.new_zeros(batch, count, features.shape[-1])
     return out.index_put((torch.from_numpy(mask).to(device),), features)
 
