@@ -28,7 +28,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
+from common import TINY_MODEL, machine_info, percentiles
 
 from mgvr.config import DEFAULT_CLIP_SECONDS, DEFAULT_FRAMES
 from mgvr.errors import DecodeError
@@ -49,8 +48,6 @@ from mgvr.indexer.pipeline import CLIPS_PER_DECODE, ordered_map
 from mgvr.model.clip import ClipEncoder
 from mgvr.retriever import Retriever
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = REPO / "tests" / "data" / "mgvr-test-tiny.json"
 SIZES = [(320, 240), (480, 360), (640, 360), (640, 480), (854, 480), (960, 540), (1280, 720)]
 # lavfi source templates; {w} {h} {r} are filled in per file.
 SOURCES = {
@@ -98,18 +95,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 < args.seconds_min <= args.seconds_max:
         p.error("need 0 < --seconds-min <= --seconds-max")
     return args
-
-
-def machine_info(device: str | None) -> dict:
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device or ("cuda" if torch.cuda.is_available() else "cpu")),
-        "python": platform.python_version(),
-        "ffmpeg": ffmpeg_version(),
-    }
 
 
 def ffmpeg_version() -> str:
@@ -322,10 +307,6 @@ def make_queries(count: int, seed: int) -> list[str]:
     return texts[:count]
 
 
-def percentiles(values: list[float]) -> dict:
-    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))}
-
-
 def time_queries(retriever: Retriever, queries: list[str], depth: int, rerank: bool) -> dict:
     stages: dict[str, list[float]] = {}
     for text in queries:
@@ -363,8 +344,9 @@ def report(r: dict) -> None:
     m, c, d, e, f, s = (r[k] for k in ("machine", "corpus", "decode", "encode", "index",
                                        "search"))
     print(f"machine: {m['cpu_count']} CPUs ({m['cpus_usable']} usable), torch {m['torch']} "
-          f"({m['torch_threads']} threads), device {m['device']}, ffmpeg {m['ffmpeg']}, "
-          f"python {m['python']}")
+          f"({m['torch_threads']} threads), device {m['device']}"
+          + (f" ({m['gpu']})" if "gpu" in m else "")
+          + f", ffmpeg {m['ffmpeg']}, python {m['python']}")
     print(f"model: {r['model']} (pretrained {r['pretrained']}), {r['frames']} frames/clip, "
           f"{r['clip_seconds']:g} s clips, load {r['model_load_s']:.2f} s")
     print(f"corpus: {c['files']} files, {c['bytes'] / 1e6:.1f} MB {c['by_ext']}"
@@ -408,7 +390,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     index_dir = work / "index"
     indexed = bench_index(corpus, index_dir, args, decoded["seconds"], encoded["seconds"])
     searched = bench_search(index_dir, args)
-    return {"machine": machine_info(args.device), "model": encoder.identity.name,
+    machine = {**machine_info(encoder.device), "ffmpeg": ffmpeg_version()}
+    return {"machine": machine, "model": encoder.identity.name,
             "pretrained": encoder.identity.pretrained, "model_load_s": model_load_s,
             "frames": args.frames, "clip_seconds": args.clip_seconds,
             "corpus": {**describe_corpus(entries), **generated},

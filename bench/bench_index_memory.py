@@ -16,9 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import TINY_MODEL
+
 from mgvr.indexer import Indexer, IndexOptions
 
-TINY_MODEL = Path(__file__).resolve().parent.parent / "tests" / "data" / "mgvr-test-tiny.json"
 SOURCES = ["testsrc2", "smptebars", "mandelbrot", "life", "rgbtestsrc", "testsrc"]
 PAGE = resource.getpagesize()
 
