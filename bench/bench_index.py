@@ -5,8 +5,8 @@ What it measures, in one run:
 1. corpus: N real video files made by ffmpeg from lavfi sources (testsrc2, mandelbrot,
    smptebars, cellauto, life), 320x240 to 1280x720, mostly H.264 MP4 plus some VP9 WebM and
    MPEG-4 MKV (or an existing folder with --corpus).
-2. decode-only: the indexer's own probe -> plan_clips -> decode_clips calls, on thread pools of
-   the indexer's sizes, with no encoding.
+2. decode-only: the indexer's own plan_tasks (hash, probe, plan and group clips) and
+   decode_group, on thread pools of the indexer's sizes, with no encoding.
 3. encode-only: ClipEncoder.encode_frames on as many frames as the decode pass produced (the
    decoded frames, or random ones with --random-frames), batched as the indexer batches them.
 4. full index: the real mgvr Indexer into a fresh index folder; the ratios full / max(decode,
@@ -35,16 +35,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from common import TINY_MODEL, machine_info, percentiles
 
 from mgvr.config import DEFAULT_CLIP_SECONDS, DEFAULT_FRAMES
-from mgvr.errors import DecodeError
 from mgvr.indexer import Indexer, IndexOptions, decode, discover
-from mgvr.indexer.pipeline import CLIPS_PER_DECODE, ordered_map
+from mgvr.indexer.pipeline import ClipTask, decode_group, ordered_map, plan_tasks
 from mgvr.model.clip import ClipEncoder
 from mgvr.retriever import Retriever
 
@@ -167,33 +166,6 @@ def describe_corpus(entries: list[discover.FileEntry]) -> dict:
 
 # decode-only ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Task:
-    entry: discover.FileEntry
-    info: decode.VideoInfo | None = None
-    spans: tuple[decode.ClipSpan, ...] = ()
-    error: DecodeError | None = None
-
-
-def clip_tasks(entries: list[discover.FileEntry], clip_seconds: float, workers: int,
-               timeout: float) -> Iterator[Task]:
-    """Probe on workers // 2 threads, plan clips and group them, as Indexer._index_files does."""
-    def probe(entry: discover.FileEntry) -> Task:
-        try:
-            return Task(entry, info=decode.probe(entry.path, timeout))
-        except DecodeError as e:
-            return Task(entry, error=e)
-
-    with ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="probe") as pool:
-        for task in ordered_map(pool, probe, entries, window=workers * 2):
-            if task.error or task.info is None:
-                yield task
-                continue
-            spans = decode.plan_clips(task.info.duration_s, clip_seconds)
-            for group in decode.group_clips(spans, CLIPS_PER_DECODE):
-                yield replace(task, spans=tuple(group))
-
-
 def bench_decode(entries: list[discover.FileEntry], encoder: ClipEncoder,
                  args: argparse.Namespace, timeout: float) -> tuple[dict, list[np.ndarray]]:
     """Decode every clip with the indexer's thread layout; returns numbers and the frames."""
@@ -201,30 +173,23 @@ def bench_decode(entries: list[discover.FileEntry], encoder: ClipEncoder,
                                 encoder.preprocess.resize_mode)
     workers = args.workers
 
-    def decode_task(task: Task) -> tuple[int, list[np.ndarray] | DecodeError]:
-        """(clips in the task, their frames or the error); a file that failed probing counts
-        as one failed clip."""
-        if task.error or not task.spans:
-            return 1, task.error or DecodeError(task.entry.path, "unknown", "no clip")
-        try:
-            return len(task.spans), [clip.frames for clip in decode.decode_clips(
-                task.entry.path, task.info, list(task.spans), args.frames, recipe, timeout)]
-        except DecodeError as e:
-            return len(task.spans), e
+    def decode_task(task: ClipTask) -> list[ClipTask]:
+        return decode_group(task, args.frames, recipe, timeout)
 
     kept: list[np.ndarray] = []
     clips = frames = failures = 0
     started = time.perf_counter()
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        tasks = clip_tasks(entries, args.clip_seconds, workers, timeout)
-        for count, result in ordered_map(pool, decode_task, tasks, window=workers * 2):
-            if isinstance(result, DecodeError):
-                failures += count
-                continue
-            for clip in result:
+        tasks = plan_tasks(entries, args.clip_seconds, workers, timeout)
+        for group in ordered_map(pool, decode_task, tasks, window=workers * 2):
+            for task in group:
+                if task.error is not None:  # a file that failed probing counts as one clip
+                    failures += len(task.spans) or 1
+                    continue
                 clips += 1
-                frames += len(clip)
-                kept.append(np.empty((len(clip), 0), np.uint8) if args.random_frames else clip)
+                frames += len(task.decoded.frames)
+                kept.append(np.empty((len(task.decoded.frames), 0), np.uint8)
+                            if args.random_frames else task.decoded.frames)
     seconds = time.perf_counter() - started
     return ({"seconds": seconds, "clips": clips, "frames": frames, "failures": failures,
              "clips_per_s": clips / seconds, "workers": workers,

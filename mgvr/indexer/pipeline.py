@@ -142,6 +142,44 @@ def ordered_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T],
         yield future.result()
 
 
+def _probe(entry: discover.FileEntry, timeout_s: float) -> ClipTask:
+    key = entry.content_key or discover.content_key(entry.path, entry.size)
+    try:
+        return ClipTask(entry, key, info=decode.probe(entry.path, timeout_s))
+    except DecodeError as e:
+        return ClipTask(entry, key, error=e)
+
+
+def plan_tasks(entries: list[discover.FileEntry], clip_seconds: float, workers: int,
+               timeout_s: float) -> Iterator[ClipTask]:
+    """Probe files on workers // 2 threads, in order; plan each file's clips and yield one task
+    per group of up to CLIPS_PER_DECODE consecutive clips (one failed task for a file that
+    could not be probed)."""
+    with ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="probe") as pool:
+        probed = ordered_map(pool, lambda entry: _probe(entry, timeout_s), entries,
+                             window=workers * 2)
+        for task in probed:
+            if task.error or task.info is None:
+                yield task
+                continue
+            spans = decode.plan_clips(task.info.duration_s, clip_seconds)
+            for group in decode.group_clips(spans, CLIPS_PER_DECODE):
+                yield replace(task, spans=tuple(group), clip_count=len(spans))
+
+
+def decode_group(task: ClipTask, frames: int, recipe: decode.FrameRecipe,
+                 timeout_s: float) -> list[ClipTask]:
+    """A planned group -> one task per decoded clip, or the group's task with its error."""
+    if task.error or not task.spans:
+        return [task]
+    try:
+        clips = decode.decode_clips(task.entry.path, task.info, list(task.spans), frames, recipe,
+                                    timeout_s)
+    except DecodeError as e:
+        return [replace(task, error=e)]
+    return [replace(task, decoded=clip) for clip in clips]
+
+
 def validate_root(root: Path) -> Path:
     if not root.exists():
         raise UsageError(f"{root}: no such folder; pass the folder that holds your videos")
@@ -297,33 +335,10 @@ class Indexer:
         timings = {"load_model": self._load_seconds, "decode_wait": 0.0, "encode": 0.0,
                    "write": 0.0}
 
-        def probe(entry: discover.FileEntry) -> ClipTask:
-            key = entry.content_key or discover.content_key(entry.path, entry.size)
-            try:
-                return ClipTask(entry, key, info=decode.probe(entry.path, timeout))
-            except DecodeError as e:
-                return ClipTask(entry, key, error=e)
-
-        def clip_tasks() -> Iterator[ClipTask]:
-            with ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="probe") as pool:
-                for task in ordered_map(pool, probe, entries, window=workers * 2):
-                    if task.error or task.info is None:
-                        yield task
-                        continue
-                    spans = decode.plan_clips(task.info.duration_s, config.clip_seconds)
-                    for group in decode.group_clips(spans, CLIPS_PER_DECODE):
-                        yield replace(task, spans=tuple(group), clip_count=len(spans))
-
         def decode_task(task: ClipTask) -> list[ClipTask]:
-            if task.error or not task.spans:
-                return [task]
-            try:
-                clips = decode.decode_clips(task.entry.path, task.info, list(task.spans),
-                                            frames, recipe, timeout)
-            except DecodeError as e:
-                return [replace(task, error=e)]
-            return [replace(task, decoded=clip) for clip in clips]
+            return decode_group(task, frames, recipe, timeout)
 
+        tasks = plan_tasks(entries, config.clip_seconds, workers, timeout)
         assembly = _Assembly(writer, summary, self.progress)
         batch: list[ClipTask] = []
         batch_frames = 0
@@ -331,7 +346,7 @@ class Indexer:
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
                 filling = True
-                for future in ordered_futures(pool, decode_task, clip_tasks(), workers * 2):
+                for future in ordered_futures(pool, decode_task, tasks, workers * 2):
                     if filling and batch and not future.done():
                         # Start encoding with the first decoded clips rather than wait for a
                         # full batch. Only at the start: later, small batches would cost more
