@@ -29,7 +29,6 @@ from mgvr.retriever.search import (
     DEFAULT_LIMIT,
     DEFAULT_RERANK_DEPTH,
     Retriever,
-    check_requested_model,
 )
 from mgvr.serve import discovery
 
@@ -58,8 +57,8 @@ class SearchService:
             raise UsageError("the request needs a \"query\" string")
         if request.get("index") not in (None, self.index):
             raise WrongIndex(f"this server serves {self.index}, not {request['index']}")
-        check_requested_model(self.retriever.layout.root, self.retriever.config.model,
-                              request.get("model"), request.get("pretrained"))
+        self.retriever.config.model.check_request(self.retriever.layout.root,
+                                                  request.get("model"), request.get("pretrained"))
         limit = _count(request, "limit", DEFAULT_LIMIT)
         rerank_depth = _count(request, "rerank_depth", DEFAULT_RERANK_DEPTH)
         rerank = request.get("rerank", True)
