@@ -93,7 +93,8 @@ class Indexer:
         run_id = catalog.start_run("index", str(root), os.getpid())
         summary = RunSummary(str(root))
         try:
-            self._run_locked(root, catalog, summary)
+            with disk_full_as_error(self.layout):  # so the run records the one-line reason
+                self._run_locked(root, catalog, summary)
         except BaseException as e:
             message = str(e) or type(e).__name__
             with contextlib.suppress(Exception):  # a full disk may refuse this too
