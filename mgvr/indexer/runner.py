@@ -112,7 +112,7 @@ class Indexer:
                 "deferred": summary.deferred, "clips_added": summary.clips_added}
 
     def _run_locked(self, root: Path, catalog: Catalog, summary: RunSummary) -> None:
-        from mgvr.storage.maintenance import remove_orphans
+        from mgvr.storage.orphans import remove_orphans
 
         remove_orphans(self.layout, catalog)
         plan = discover.plan(root, catalog, self.options.retry_failed,
@@ -127,6 +127,8 @@ class Indexer:
             raise UsageError(f"{root}: no video files found (by extension such as .mp4 .mkv "
                              ".webm .mov .avi, or by container signature); check the folder")
         config = self._config(catalog)
+        if not (plan.to_index or plan.vanished or plan.moved or plan.restored):
+            return  # nothing to write: no writer, no FAISS, no model
         from mgvr.indexer.writer import IndexWriter
 
         writer = IndexWriter(self.layout, catalog, config)
