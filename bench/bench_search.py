@@ -337,7 +337,10 @@ def incremental_copy(root: Path, args: argparse.Namespace, space: SyntheticSpace
     total = catalog.counts()["clips"]
     per_commit = int(total * args.delete_share / args.incremental)
     frame_times = (np.arange(args.frames, dtype=np.float32) + 0.5) * 15.0 / args.frames
-    commit_s, commit_bytes, merge_s, removed = [], [], [], 0
+    from mgvr.storage.commit import Commit
+
+    segment_ms = _timed(Commit, "add_segment")  # the coarse part of each commit
+    commit_s, coarse_s, coarse_bytes, fine_bytes, merge_s, removed = [], [], [], [], [], 0
     for number in range(args.incremental):
         writer = IndexWriter(layout, catalog, config)
         features, vectors = space.clips(args.commit_clips, args.frames, rng)
@@ -354,19 +357,24 @@ def incremental_copy(root: Path, args: argparse.Namespace, space: SyntheticSpace
             writer.remove(path)
         removed += dropped
         before = set(catalog.files())
+        segment_ms.clear()
         started = time.perf_counter()
         writer.commit()
         commit_s.append(time.perf_counter() - started)
-        commit_bytes.append(sum(size for name, (size, _) in catalog.files().items()
-                                if name not in before))
+        coarse_s.append(sum(segment_ms))
+        new = {name: size for name, (size, _) in catalog.files().items() if name not in before}
+        coarse_bytes.append(sum(size for name, size in new.items() if name.startswith("coarse/")))
+        fine_bytes.append(sum(size for name, size in new.items() if name.startswith("fine/")))
         started = time.perf_counter()
         merge_segments(layout, catalog, config, IndexOptions().merge_budget_s)
         merge_s.append(time.perf_counter() - started)
     segments = catalog.segments()
     catalog.close()
     return {"root": copy, "commits": args.incremental, "clips_per_commit": args.commit_clips,
-            "clips_removed": removed, "commit_s": percentiles([s * 1000 for s in commit_s]),
-            "commit_bytes_max": max(commit_bytes), "merge_ms": percentiles(
+            "clips_removed": removed, "commit_ms": percentiles([s * 1000 for s in commit_s]),
+            "coarse_ms": percentiles(coarse_s),
+            "coarse_bytes_max": max(coarse_bytes), "fine_bytes_max": max(fine_bytes),
+            "merge_ms": percentiles(
                 [s * 1000 for s in merge_s]), "segments_after": len(segments)}
 
 
@@ -401,12 +409,15 @@ def one_size(args: argparse.Namespace, clips: int, workdir: Path) -> dict:
     if args.incremental:
         incremental = incremental_copy(root, args, space)
         root = incremental.pop("root")
-        print(f"  {incremental['commits']} incremental commits of {args.commit_clips} clips "
-              f"(removing {incremental['clips_removed']:,} clips in all): commit p50 "
-              f"{incremental['commit_s']['p50']:.1f} ms, p95 {incremental['commit_s']['p95']:.1f}"
-              f" ms, at most {incremental['commit_bytes_max'] / 1e6:.2f} MB written; merges "
-              f"p50 {incremental['merge_ms']['p50']:.1f} ms; {incremental['segments_after']} "
-              "segments after", flush=True)
+        inc = incremental
+        print(f"  {inc['commits']} incremental commits of {args.commit_clips} clips (removing "
+              f"{inc['clips_removed']:,} clips in all): whole commit p50 "
+              f"{inc['commit_ms']['p50']:.1f} ms (p95 {inc['commit_ms']['p95']:.1f}), its coarse "
+              f"part p50 {inc['coarse_ms']['p50']:.1f} ms (p95 {inc['coarse_ms']['p95']:.1f}); "
+              f"written at most {inc['coarse_bytes_max'] / 1e6:.3f} MB coarse + "
+              f"{inc['fine_bytes_max'] / 1e6:.2f} MB fine; merges p50 "
+              f"{inc['merge_ms']['p50']:.1f} ms; {inc['segments_after']} segments after",
+              flush=True)
     result = measure(root, clips, args, space, encoder)
     result["incremental"] = incremental
     result["build_s"] = round(build_s, 1) if build_s else None
