@@ -152,3 +152,16 @@ def test_torch_exact_search_the_gpu_fallback_matches_brute_force():
     allowed = np.sort(ids[kept][::50])
     _, only = search.search(queries, 20, excluded=removed, allowed=allowed)
     assert set(only.ravel().tolist()) <= set(allowed.tolist())
+
+
+def test_a_segment_mostly_tombstones_is_searched_through_the_selector():
+    """When the unfiltered answer holds too few live clips, the search goes through FAISS's
+    ID selector: the answer is the exact live top k either way."""
+    space, ids, vectors = _clips(2000)
+    dead = ids[np.arange(len(ids)) % 20 != 0]  # 95% removed
+    segment = _loaded("seg-000001.faiss", ids, vectors, dead)
+    searcher = CoarseSearcher([segment], int(ids.max()) + 1, torch.device("cpu"))
+    queries = space.queries(10, np.random.default_rng(6))
+    _, found = searcher.search(queries, 30)
+    live = ~np.isin(ids, dead)
+    assert np.array_equal(found, _exact(ids[live], vectors[live], queries, 30))
