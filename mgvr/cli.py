@@ -243,7 +243,7 @@ def status(
 
     try:
         layout = _existing_layout(index_dir)
-        catalog = layout.open_catalog(readonly=True)
+        catalog = layout.open_catalog()
         try:
             report = index_status(layout, catalog, runs)
         finally:

@@ -63,7 +63,7 @@ def _commit_lines(process):
 def _snapshot(index_dir):
     """{(path, clip_index): (start, end, coarse vector, frame features)} of the committed index."""
     layout = IndexLayout(index_dir)
-    catalog = Catalog(layout.catalog, readonly=True)
+    catalog = Catalog(layout.catalog)
     try:
         if catalog.generation() == 0:
             return {}
@@ -218,7 +218,7 @@ def test_compact_killed_mid_merge_leaves_the_index_whole(tmp_path, crash_corpus,
         assert run_cli(*_index_args(folder, index_dir, tiny_model), "--merge-budget",
                        "0").returncode == 0
     before = _snapshot(index_dir)
-    catalog = Catalog(index_dir / "catalog.sqlite", readonly=True)
+    catalog = Catalog(index_dir / "catalog.sqlite")
     assert len(catalog.segments()) >= 4
     catalog.close()
     layout = IndexLayout(index_dir)
@@ -233,6 +233,6 @@ def test_compact_killed_mid_merge_leaves_the_index_whole(tmp_path, crash_corpus,
     after = _snapshot(index_dir)
     assert after.keys() == before.keys()
     assert all(np.allclose(after[k][2], before[k][2], atol=1e-4) for k in before)
-    catalog = Catalog(index_dir / "catalog.sqlite", readonly=True)
+    catalog = Catalog(index_dir / "catalog.sqlite")
     assert len(catalog.segments()) == 1 and catalog.tombstones() == []
     catalog.close()

@@ -16,7 +16,7 @@ from mgvr.storage.coarse import build_segment, load_segment, segment_items, writ
 
 
 def _clip_ids(index_dir):
-    catalog = Catalog(index_dir / "catalog.sqlite", readonly=True)
+    catalog = Catalog(index_dir / "catalog.sqlite")
     try:
         return {loc.video_path: loc.clip_id for loc in catalog.clip_locations()}
     finally:

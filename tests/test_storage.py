@@ -2,6 +2,9 @@
 
 import os
 import sqlite3
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -121,7 +124,7 @@ def test_a_missing_empty_or_garbage_catalog_is_damage_not_an_empty_index(tmp_pat
         Catalog(path)
     path.write_bytes(os.urandom(8192))
     with pytest.raises(IndexDamagedError, match="not a readable mgvr catalog"):
-        Catalog(path, readonly=True)
+        Catalog(path)
     path.unlink()
     sqlite3.connect(path).execute("CREATE TABLE x (y)").connection.commit()
     with pytest.raises(IndexDamagedError, match="not a readable mgvr catalog"):
@@ -135,7 +138,7 @@ def test_a_read_only_catalog_can_be_read(tmp_path):
     os.chmod(folder / "catalog.sqlite", 0o444)
     os.chmod(folder, 0o555)
     try:
-        catalog = Catalog(folder / "catalog.sqlite", readonly=True)
+        catalog = Catalog(folder / "catalog.sqlite")
         assert catalog.clip_ids_of("/v/a.mp4") == [1, 2]
         assert sorted(p.name for p in folder.iterdir()) == ["catalog.sqlite"]  # no -shm/-wal
     finally:
@@ -196,3 +199,24 @@ def test_index_location_precedence(tmp_path, monkeypatch):
     (layout.coarse_dir / layout.segment_name(3)).write_bytes(b"")
     (layout.coarse_dir / layout.segment_name(12)).write_bytes(b"")
     assert layout.numbered_files("segment") == [3, 12]
+
+
+def test_a_journal_left_by_a_killed_writer_is_rolled_back_by_the_next_reader(tmp_path):
+    _catalog_with_clips(tmp_path).close()
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sqlite3, time
+        conn = sqlite3.connect({str(tmp_path / "catalog.sqlite")!r})
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("PRAGMA cache_size = 1")  # spill: the journal is hot on disk
+        conn.execute("DELETE FROM clips")
+        conn.executemany("INSERT INTO meta VALUES (?, 'x')", [(str(i),) for i in range(20000)])
+        print("mid-commit", flush=True)
+        time.sleep(300)
+        """)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "mid-commit"
+    writer.kill()
+    writer.wait()
+    assert (tmp_path / "catalog.sqlite-journal").exists()
+    catalog = Catalog(tmp_path / "catalog.sqlite")  # a reader: search, status, verify
+    assert catalog.clip_ids_of("/v/a.mp4") == [1, 2]  # the last commit, whole
+    assert not (tmp_path / "catalog.sqlite-journal").exists()

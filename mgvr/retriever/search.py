@@ -80,7 +80,7 @@ class Retriever:
     def _catalog(self) -> Catalog:
         catalog = getattr(self._local, "catalog", None)
         if catalog is None:
-            catalog = self._local.catalog = self.layout.open_catalog(readonly=True)
+            catalog = self._local.catalog = self.layout.open_catalog()
         return catalog
 
     @property

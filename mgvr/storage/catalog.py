@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mgvr.errors import IndexDamagedError
+from mgvr.errors import IndexDamagedError, ReadOnlyIndexError
 
 CATALOG_FORMAT = "2"
 SCHEMA = """
@@ -224,18 +224,27 @@ def _damaged(path: Path, what: str) -> IndexDamagedError:
 class Catalog:
     """A connection to an existing catalog (`create` makes a new one)."""
 
-    def __init__(self, path: Path, readonly: bool = False) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.readonly = readonly
         if not self.path.is_file():
             raise _damaged(self.path, "the catalog is missing")
         if self.path.stat().st_size == 0:
             raise _damaged(self.path, "the catalog is an empty file")
-        uri = f"file:{self.path}?mode={'ro' if readonly else 'rw'}"
+        # Readers open read-write too, and only read: SQLite then rolls back the journal a
+        # writer killed mid-commit left behind (a read-only connection cannot, and fails), and
+        # on a write-protected file it opens read-only by itself.
+        uri = f"file:{self.path}?mode=rw"
         try:
             self.conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
             self.conn.execute("PRAGMA foreign_keys=ON")
             found = self.conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        except sqlite3.OperationalError as e:
+            if "readonly" not in str(e):
+                raise _damaged(self.path, f"not a readable mgvr catalog ({e})") from e
+            raise ReadOnlyIndexError(
+                f"{self.path}: a writer was killed mid-commit and left {self.path.name}-journal, "
+                "which only a user who can write the index can roll back: run `mgvr status` as "
+                "such a user once") from e
         except sqlite3.DatabaseError as e:
             raise _damaged(self.path, f"not a readable mgvr catalog ({e})") from e
         if found is None or found[0] != CATALOG_FORMAT:

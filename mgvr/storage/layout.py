@@ -81,11 +81,12 @@ class IndexLayout:
                                     "`mgvr verify --repair` to rebuild it from the Parquet parts")
         return self
 
-    def open_catalog(self, readonly: bool = False):
-        """The index's catalog; IndexDamagedError when it is missing or unreadable."""
+    def open_catalog(self):
+        """The index's catalog; IndexDamagedError when it is missing or unreadable. Opening
+        needs only read access (readers simply never write)."""
         from mgvr.storage.catalog import Catalog
 
-        return Catalog(self.catalog, readonly=readonly)
+        return Catalog(self.catalog)
 
     # numbered immutable files ------------------------------------------------------------------
     def part_name(self, number: int) -> str:

@@ -344,7 +344,7 @@ def verify_directory(layout: IndexLayout, repair: bool = False) -> VerifyReport:
 
     rebuilt: list[str] = []
     try:
-        catalog = layout.open_catalog(readonly=not repair)
+        catalog = layout.open_catalog()
         IndexConfig.load(layout.root)
     except (IndexDamagedError, IncompatibleIndexError) as e:
         if not repair:
