@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,22 +36,6 @@ def batch_candidates(batch: FineBatch, device: torch.device) -> FineCandidates:
     )
 
 
-@contextlib.contextmanager
-def single_thread_on_cpu(device: torch.device) -> Iterator[None]:
-    """One query's rerank is a few small matmuls: on the CPU, waking intra-op threads costs more
-    than it saves, and on a busy machine far more (measured on 2 shared cores, rerank depth 50:
-    p95 50 ms on 2 threads, 5 ms on 1)."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def score_candidates(text: torch.Tensor, candidates: FineCandidates,
                      weights: RerankWeights = RerankWeights(),
                      head: EercfHead | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +43,7 @@ def score_candidates(text: torch.Tensor, candidates: FineCandidates,
 
     With a trained head, z = head(f) for the TIB and its W_g and W_f enter the scores."""
     query = text.to(candidates.frames.device).unsqueeze(0)
-    with single_thread_on_cpu(candidates.frames.device), torch.inference_mode():
+    with torch.inference_mode():
         z = head_frames(head, candidates.frames, candidates.mask)
         w_g = head.w_g if head is not None else None
         w_f = head.frame_weights(candidates.frames.shape[1]) if head is not None else None

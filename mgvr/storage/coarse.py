@@ -23,10 +23,8 @@ flat -> IVF at IVF_MIN_CLIPS, IVF -> flat below half of it, and a new IVF when N
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -42,21 +40,6 @@ CALIBRATION_QUERIES = 256
 CALIBRATION_K = 50  # the default rerank depth: what recall is about
 CALIBRATION_RECALL = 0.98
 CALIBRATION_NOISE = 2.0  # noise norm relative to the unit vector: cosine 1/sqrt(1 + 4) ~ 0.45
-
-
-@contextlib.contextmanager
-def faiss_threads(count: int) -> Iterator[None]:
-    """Run FAISS on `count` OpenMP threads inside the block.
-
-    A single query is answered on one thread: on a small, shared CPU, OpenMP's thread barriers
-    cost far more than the scan (measured on 2 busy cores: 40 ms vs 7.5 ms at 100,000 vectors).
-    """
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(count)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def nlist_for(size: int) -> int:
@@ -142,11 +125,7 @@ class CoarseIndex:
         if k == 0:
             empty = np.empty((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if len(queries) == 1:
-            with faiss_threads(1):
-                return self.index.search(queries, k)
-        return self.index.search(queries, k)
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
     # layout by size -------------------------------------------------------------------------
     def wanted_nlist(self) -> int:
