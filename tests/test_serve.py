@@ -16,9 +16,13 @@ from mgvr.model.clip import ClipEncoder
 from mgvr.retriever.search import Retriever
 from mgvr.retriever.synthetic import SyntheticSpace, write_index
 from mgvr.serve import discovery
-from mgvr.serve.client import request, search_via_server
+from mgvr.serve.client import ServedSearch, request, search_via_server
 
 QUERY = "a red car on a bridge"
+
+
+def _text(limit: int) -> ServedSearch:
+    return ServedSearch(QUERY, None, limit, 50, True)
 
 
 @pytest.fixture(scope="module")
@@ -57,22 +61,28 @@ def test_health_status_and_search_endpoints(served):
     assert status == 200 and payload["generation"] == 1 and payload["device"] == "cpu"
     assert payload["coarse"] == {"kind": "exact", "clips": 3000, "backend": "faiss-cpu-exact"}
     assert payload["catalog"]["clips"] == 3000
+    assert payload["files_indexed"] == payload["catalog"]["videos_indexed"] > 0
+    assert payload["failed"] == [] and payload["disk_bytes"] > 0
 
     status, posted = request(info, "POST", "/search", {"query": QUERY, "limit": 5})
     assert status == 200 and posted["schema"] == "mgvr.search/1" and posted["reranked"]
     assert [hit["rank"] for hit in posted["hits"]] == [1, 2, 3, 4, 5]
     assert posted["context_length"] == 77
     assert set(posted["timings_ms"]) == {"text_encode", "recall", "fetch", "rerank"}
+    assert posted["query_kind"] == "text" and posted["filter"] == {}
+    assert {hit["video"] for hit in posted["hits"]} == {"gone"}  # synthetic paths
     status, got = request(info, "GET", "/search?q=a+red+car+on+a+bridge&limit=5")
     assert status == 200 and got["hits"] == posted["hits"]
 
 
 @pytest.mark.parametrize("method, path, body, status, message", [
     ("POST", "/search", {"query": "  "}, 400, "empty query"),
-    ("POST", "/search", {"query": "x", "limit": 0}, 400, "--limit must be positive"),
-    ("POST", "/search", {"query": "x", "rerank": "yes"}, 400, "must be true or false"),
+    ("POST", "/search", {"query": "x", "limit": 0}, 400,
+     '"limit": Input should be greater than or equal to 1 (got 0)'),
+    ("POST", "/search", {"query": "x", "rerank": "maybe"}, 400, '"rerank": Input should be'),
     ("POST", "/search", {"query": "x", "index": "/elsewhere"}, 409, "not /elsewhere"),
     ("GET", "/nowhere", None, 404, "no endpoint /nowhere"),
+    ("DELETE", "/search", None, 405, "DELETE is not supported on /search; use GET or POST"),
 ])
 def test_bad_requests_get_one_line_errors(served, method, path, body, status, message):
     _, _, info = served
@@ -100,10 +110,10 @@ def test_a_server_of_another_index_is_not_used(served, tmp_path):
     root, _, info = served
     copy = shutil.copytree(root, tmp_path / "copy")  # serve.json included: names the original
     before = _served_count(info)
-    assert search_via_server(copy, QUERY, 3, 50, True) is None  # `mgvr search` goes in-process
+    assert search_via_server(copy, _text(3)) is None  # `mgvr search` goes in-process
     assert _served_count(info) == before  # the server refused a request for another index
-    assert search_via_server(root, QUERY, 3, 50, True, device="cuda:0") is None
-    result, context_length = search_via_server(root, QUERY, 3, 50, True, device="cpu")
+    assert search_via_server(root, _text(3), device="cuda:0") is None
+    result, context_length = search_via_server(root, _text(3), device="cpu")
     assert len(result.hits) == 3 and context_length == 77
 
 
@@ -114,9 +124,9 @@ def test_stale_or_unreachable_server_files_are_ignored(served, tmp_path):
     for pid, port in [(dead.pid, info.port), (os.getpid(), _closed_port())]:
         discovery.write(tmp_path, discovery.ServeInfo(pid, port, os.path.realpath(tmp_path),
                                                       "cpu", time.time()))
-        assert search_via_server(tmp_path, QUERY, 5, 50, True) is None
+        assert search_via_server(tmp_path, _text(5)) is None
     (tmp_path / discovery.SERVE_FILENAME).write_text("{not json")
-    assert search_via_server(tmp_path, QUERY, 5, 50, True) is None
+    assert search_via_server(tmp_path, _text(5)) is None
 
 
 def _closed_port() -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import open_clip
 import torch
+from PIL import Image
 
 from mgvr.config import ModelIdentity
 from mgvr.errors import IncompatibleIndexError, ModelLoadError, UsageError
@@ -131,6 +132,23 @@ class ClipEncoder:
         if not outputs:
             return torch.empty(0, self.embed_dim)
         return torch.cat(outputs)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB pictures of any size -> (N, D) float32: the model's own eval
+        transform (open_clip's resize, crop and normalisation, which indexing reproduces
+        in ffmpeg), then the image tower, as for frames."""
+        if not images:
+            return torch.empty(0, self.embed_dim)
+        spec = self.preprocess
+        transform = open_clip.image_transform(spec.image_size, is_train=False, mean=spec.mean,
+                                              std=spec.std, resize_mode=spec.resize_mode,
+                                              interpolation=spec.interpolation)
+        pixels = torch.stack([transform(Image.fromarray(image)) for image in images])
+        with torch.autocast(self.device.type, dtype=torch.float16,
+                            enabled=self.device.type == "cuda"):
+            features = self.model.encode_image(pixels.to(self.device))
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, list[bool]]:

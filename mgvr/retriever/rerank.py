@@ -38,8 +38,9 @@ def batch_candidates(batch: FineBatch, device: torch.device) -> FineCandidates:
 
 def score_candidates(text: torch.Tensor, candidates: FineCandidates,
                      weights: RerankWeights = RerankWeights(),
-                     head: EercfHead | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(D,) text -> fine scores (N,) and each clip's best-matching moment (N,) in seconds.
+                     head: EercfHead | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(D,) query -> fine scores (N,), each clip's best-matching moment (N,) in seconds, and
+    the TIB gate over its frames (N, F), which the best moment is the argmax of.
 
     With a trained head, z = head(f) for the TIB and its W_g and W_f enter the scores."""
     query = text.to(candidates.frames.device).unsqueeze(0)
@@ -51,4 +52,4 @@ def score_candidates(text: torch.Tensor, candidates: FineCandidates,
                                     candidates.mask, weights, w_g, w_f)
     best_frame = gate[0].argmax(dim=1).cpu().numpy()
     moments = candidates.frame_times[np.arange(len(best_frame)), best_frame]
-    return scores[0].cpu().numpy(), moments
+    return scores[0].cpu().numpy(), moments, gate[0].float().cpu().numpy()

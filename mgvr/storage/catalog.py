@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS videos (
@@ -202,6 +204,37 @@ class Catalog:
                 f"WHERE c.id IN ({','.join('?' * len(chunk))})", chunk)
             found.update((row[0], ClipRecord(*row)) for row in rows)
         return found
+
+    def clip_ids_matching(self, under: str | None = None, name: str | None = None,
+                          modified_after_ns: int | None = None,
+                          modified_before_ns: int | None = None) -> np.ndarray:
+        """Sorted int64 ids of the clips whose video matches every condition given: its path
+        is `under` or lies below that folder (absolute), its file name contains `name`
+        (case-insensitive), its mtime is at or after `modified_after_ns` and before
+        `modified_before_ns`."""
+        conditions, values = [], []
+        if under is not None:
+            folder = under.rstrip("/") + "/"
+            conditions.append("(v.path = ? OR substr(v.path, 1, ?) = ?)")
+            values += [under, len(folder), folder]
+        if name is not None:
+            # The file name is the path less its folder: rtrim strips every character but
+            # '/' from the end, which leaves the folder.
+            conditions.append("instr(casefold(replace(v.path, rtrim(v.path, "
+                              "replace(v.path, '/', '')), '')), ?) > 0")
+            values.append(name.casefold())
+        if modified_after_ns is not None:
+            conditions.append("v.mtime_ns >= ?")
+            values.append(modified_after_ns)
+        if modified_before_ns is not None:
+            conditions.append("v.mtime_ns < ?")
+            values.append(modified_before_ns)
+        self.conn.create_function("casefold", 1, str.casefold, deterministic=True)
+        rows = self.conn.execute(
+            "SELECT c.id FROM clips c JOIN videos v ON v.id = c.video_id"
+            + "".join(f" {'WHERE' if i == 0 else 'AND'} {c}" for i, c in enumerate(conditions))
+            + " ORDER BY c.id", values)
+        return np.fromiter((row[0] for row in rows), np.int64)
 
     def all_clip_ids(self) -> list[int]:
         return [row[0] for row in self.conn.execute("SELECT id FROM clips ORDER BY id")]
