@@ -167,3 +167,23 @@ def indexed_videos(tmp_path_factory, corpus, sample_clips, tiny_model) -> tuple[
                      "--pretrained", tiny_model["pretrained"])
     assert result.returncode == 0, result.stderr
     return videos, index
+
+
+def start_server(index_dir: Path, *args: str):
+    """A real `mgvr serve` process for the index -> (process, its ServeInfo), once it listens.
+    Its stderr is read by the caller (process.stderr) after it stops."""
+    import time
+
+    from mgvr.serve import discovery
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mgvr.cli", "serve", "--index", str(index_dir), "--device", "cpu",
+         *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.monotonic() + 120
+    while (info := discovery.read(index_dir)) is None or info.pid != process.pid:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"mgvr serve did not start: {process.communicate()[1]}")
+        time.sleep(0.05)
+    return process, info

@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const PAGE = 20; // results per page
 const GROUPED_FETCH = 5; // with "group by video", fetch this many clips per shown video
-const CLIPS_PER_GROUP = 4;
+const CLIPS_PER_GROUP = 4; // a video's best clip and up to 3 more
 
 const state = {
   hits: [], // the last answer's hits
@@ -241,8 +241,8 @@ function render(answer, elapsed = 0, label = "") {
       if (!groups.has(hit.path)) groups.set(hit.path, []);
       groups.get(hit.path).push(hit);
     }
-    const shown = [...groups.entries()].slice(0, state.limit);
-    for (const [path, clips] of shown) results.append(groupSection(path, clips));
+    const shown = [...groups.values()].slice(0, state.limit);
+    for (const clips of shown) results.append(videoCard(clips));
     showMessage(`${shown.length} videos for ${label} in ${elapsed.toFixed(0)} ms${filtered ? " (filtered)" : ""} · ${timings} ms`);
     $("more-wrap").hidden = groups.size < state.limit;
   } else {
@@ -250,19 +250,27 @@ function render(answer, elapsed = 0, label = "") {
     showMessage(`${hits.length} clips for ${label} in ${elapsed.toFixed(0)} ms${filtered ? " (filtered)" : ""} · ${timings} ms`);
     $("more-wrap").hidden = hits.length < state.limit;
   }
-  results.classList.toggle("grouped", $("group").checked);
 }
 
-function groupSection(path, clips) {
-  const { folder, name } = splitPath(path);
-  const section = el("section", { class: "group" },
-    el("h3", { title: path }, el("span", { class: "group-name", text: name }),
-      el("span", { class: "folder", text: folder }),
-      el("span", { class: "count", text: `${clips.length} clip${clips.length > 1 ? "s" : ""}` })));
-  const row = el("div", { class: "group-cards" });
-  for (const hit of clips.slice(0, CLIPS_PER_GROUP)) row.append(card(hit));
-  section.append(row);
-  return section;
+// One card per video: its best clip, and its next best clips listed under it.
+function videoCard(clips) {
+  const node = card(clips[0]);
+  node.classList.add("video-card");
+  const others = clips.slice(1, CLIPS_PER_GROUP);
+  if (others.length) {
+    const list = el("div", { class: "others" },
+      el("div", { class: "others-head", text: `${clips.length - 1} more clip${clips.length > 2 ? "s" : ""} in this video` }));
+    for (const hit of others) {
+      list.append(el("button", {
+        type: "button", class: "other", title: `Play from ${clock(hit.best_moment_s)}`,
+        onclick: (e) => { e.stopPropagation(); openPlayer(hit); },
+      }, thumbnail(hit.clip_id, hit.best_frame, `clip at ${clock(hit.start_s)}`, "other-img"),
+      el("span", { text: `${clock(hit.start_s)}–${clock(hit.end_s)}` }),
+      el("span", { class: "score", text: hit.score.toFixed(3) })));
+    }
+    node.insertBefore(list, node.querySelector(".actions"));
+  }
+  return node;
 }
 
 function card(hit) {
@@ -272,12 +280,14 @@ function card(hit) {
     thumbnail(hit.clip_id, hit.best_frame, `${name} at ${clock(hit.best_moment_s)}`, "thumb-img"),
     el("span", { class: "moment", text: clock(hit.best_moment_s) }),
     gone ? el("span", { class: "badge", text: "video gone" }) : null);
-  const strip = el("div", { class: "strip", title: "Frames of the clip; the bar is how much each matched" });
+  // The clip's frames, each with a bar as tall as its gate weight (relative to the largest).
+  const strip = el("div", { class: "strip", title: "The clip's frames; the bars show how much each matched the query" });
+  const heaviest = Math.max(...hit.frame_weights, 1e-9);
   hit.frame_times.forEach((time, j) => {
     const weight = hit.frame_weights[j] ?? 0;
-    strip.append(el("div", { class: `frame${j === hit.best_frame ? " best" : ""}`, title: `${clock(time)} · weight ${weight.toFixed(2)}` },
+    strip.append(el("div", { class: `frame${j === hit.best_frame ? " best" : ""}`, title: `${clock(time)} · gate weight ${weight.toFixed(3)}` },
       thumbnail(hit.clip_id, j, `frame at ${clock(time)}`, "frame-img"),
-      el("span", { class: "weight", style: `height:${Math.round(Math.min(1, weight * hit.frame_times.length / 2) * 100)}%` })));
+      el("span", { class: "weight" }, el("span", { style: `height:${Math.round((weight / heaviest) * 100)}%` }))));
   });
   const node = el("article", {
     class: `card${gone ? " gone" : ""}`, tabindex: "0", "data-clip": hit.clip_id,
