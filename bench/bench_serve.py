@@ -242,7 +242,8 @@ def in_browser(server: Server, queries: list[str]) -> dict | None:
             before = page.evaluate("Number(document.body.dataset.answered || 0)")
             page.evaluate("window.__pressed = performance.now()")
             page.press("#q", "Enter")
-            page.wait_for_function(f"Number(document.body.dataset.answered || 0) > {before}")
+            page.wait_for_function("n => Number(document.body.dataset.answered || 0) > n",
+                                   arg=before)
             page.wait_for_function("() => [...document.querySelectorAll('.card .thumb img')]"
                                    ".every(i => i.complete)")
             times.append(page.evaluate("performance.now() - window.__pressed"))

@@ -301,6 +301,11 @@ def test_page_and_assets_are_served_from_the_package(client):
         answer = client.get(f"/static/{asset}")
         assert answer.status_code == 200 and kind in answer.headers["content-type"]
     assert "http" not in page.text.replace("http-equiv", "")  # nothing from another host
+    for answer in (page, client.get("/health"), client.get("/nowhere")):
+        assert answer.headers["content-security-policy"].startswith("default-src 'self'")
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+        assert answer.headers["x-content-type-options"] == "nosniff"
 
 
 def test_token(service):

@@ -8,6 +8,9 @@ the API's one-line JSON errors.
   Anything else gets 401.
 - Host: a loopback-only server answers only requests addressed to a loopback name, so a web
   page elsewhere cannot reach it through DNS rebinding (403).
+- Every answer says: no framing by other sites, no content sniffing, no Referer (the URL
+  may carry the token), and a content security policy that allows only this server's own
+  scripts, styles, images and media.
 - Body: read in full before the route runs, up to 1 MiB (20 MiB for a multipart image
   upload; 413 past that, refused from Content-Length before reading when it says so), with at
   most `stall_timeout_s` between two pieces of it (408).
@@ -26,6 +29,13 @@ UPLOAD_LIMIT = 20 << 20
 UPLOAD_OVERHEAD = 64 << 10  # the multipart framing and the form's text fields
 TOKEN_COOKIE = "mgvr_token"
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; "
+                                  b"media-src 'self'; object-src 'none'; frame-ancestors 'none'"),
+]
 
 
 async def send_error(send, status: int, message: str, headers: list | None = None) -> None:
@@ -35,6 +45,16 @@ async def send_error(send, status: int, message: str, headers: list | None = Non
                             (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close"), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _with_headers(send, extra: list[tuple[bytes, bytes]]):
+    """`send` that adds these headers to the response."""
+    async def sending(message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return sending
 
 
 def _hostname(host: str) -> str:
@@ -53,6 +73,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = _with_headers(send, SECURITY_HEADERS)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if self.token is None:
             if _hostname(headers.get("host", "")).lower() not in LOOPBACK_NAMES:
@@ -68,7 +89,8 @@ class Guard:
                                  [(b"www-authenticate", b"Bearer")])
                 return
             if from_url:
-                send = self._setting_cookie(send)
+                cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+                send = _with_headers(send, [(b"set-cookie", cookie.encode("latin-1"))])
         if scope["method"] in ("POST", "PUT", "PATCH"):
             receive = await self._buffered_body(headers, receive, send)
             if receive is None:
@@ -90,18 +112,6 @@ class Guard:
             return None, False
         morsel = cookie.get(TOKEN_COOKIE)
         return (morsel.value if morsel else None), False
-
-    def _setting_cookie(self, send):
-        cookie = (f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
-                  ).encode("latin-1")
-
-        async def sending(message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"set-cookie", cookie)]}
-            await send(message)
-
-        return sending
 
     async def _buffered_body(self, headers: dict[str, str], receive, send):
         """The whole body read within the limits, as a new `receive`; None when refused."""

@@ -66,6 +66,14 @@ async function answerOf(response) {
   return payload;
 }
 
+// A bar of the given height (0..1); set through the style object, which the page's content
+// security policy allows (style attributes it does not).
+function bar(fraction) {
+  const node = el("span");
+  node.style.height = `${Math.round(fraction * 100)}%`;
+  return node;
+}
+
 // A thumbnail that says why when there is none, instead of a broken image.
 function thumbnail(clipId, frame, alt, className) {
   const img = el("img", { src: frameUrl(clipId, frame), alt, loading: "lazy", class: className });
@@ -290,7 +298,7 @@ function card(hit) {
     const weight = hit.frame_weights[j] ?? 0;
     strip.append(el("div", { class: `frame${j === hit.best_frame ? " best" : ""}`, title: `${clock(time)} · gate weight ${weight.toFixed(3)}` },
       thumbnail(hit.clip_id, j, `frame at ${clock(time)}`, "frame-img"),
-      el("span", { class: "weight" }, el("span", { style: `height:${Math.round((weight / heaviest) * 100)}%` }))));
+      el("span", { class: "weight" }, bar(weight / heaviest))));
   });
   const node = el("article", {
     class: `card${gone ? " gone" : ""}`, tabindex: "0", "data-clip": hit.clip_id,
