@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import run_cli
+from PIL import Image
 
 from mgvr.model.clip import ClipEncoder
+from mgvr.retriever.filters import SearchFilter
 from mgvr.retriever.search import Retriever
 from mgvr.retriever.synthetic import SyntheticSpace, write_index
 from mgvr.serve import discovery
@@ -104,6 +107,24 @@ def test_cli_search_is_answered_by_the_server_like_in_process(served):
     refused = run_cli("search", QUERY, "--index", str(root), "--model", "ViT-B-32")
     assert refused.returncode == 2 and "index built with mgvr-test-tiny" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_cli_image_search_and_filters_go_through_the_server(served, tmp_path):
+    root, _, info = served
+    picture = tmp_path / "query.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), np.uint8)).save(
+        picture)
+    before = _served_count(info)
+    result = run_cli("search", "--image", str(picture), "--index", str(root), "--json", "-n", "5",
+                     "--name", "video-00000")
+    assert result.returncode == 0, result.stderr
+    assert _served_count(info) == before + 1
+    document = json.loads(result.stdout)
+    assert document["query_kind"] == "image" and document["query"] == "query.png"
+    local = Retriever(root, device="cpu").search_image(
+        picture, limit=5, search_filter=SearchFilter(name="video-00000"))
+    assert [h["clip_id"] for h in document["hits"]] == [h.clip_id for h in local.hits]
+    assert all("/video-00000" in h["path"] for h in document["hits"])
 
 
 def test_a_server_of_another_index_is_not_used(served, tmp_path):
