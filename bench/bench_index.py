@@ -5,8 +5,8 @@ What it measures, in one run:
 1. corpus: N real video files made by ffmpeg from lavfi sources (testsrc2, mandelbrot,
    smptebars, cellauto, life), 320x240 to 1280x720, mostly H.264 MP4 plus some VP9 WebM and
    MPEG-4 MKV (or an existing folder with --corpus).
-2. decode-only: the indexer's own plan_tasks (hash, probe, plan and group clips) and
-   decode_group, on thread pools of the indexer's sizes, with no encoding.
+2. decode-only: the indexer's own plan_jobs (hash, probe, plan and group clips) and
+   decode_job, on thread pools of the indexer's sizes, with no encoding.
 3. encode-only: ClipEncoder.encode_frames on as many frames as the decode pass produced (the
    decoded frames, or random ones with --random-frames), batched as the indexer batches them.
 4. full index: the real mgvr Indexer into a fresh index folder; the ratios full / max(decode,
@@ -43,7 +43,7 @@ from common import TINY_MODEL, machine_info, percentiles
 
 from mgvr.config import DEFAULT_CLIP_SECONDS, DEFAULT_FRAMES
 from mgvr.indexer import Indexer, IndexOptions, decode, discover
-from mgvr.indexer.pipeline import ClipTask, decode_group, ordered_map, plan_tasks
+from mgvr.indexer.stages import FileFailure, decode_job, ordered_futures, plan_jobs
 from mgvr.model.clip import ClipEncoder
 from mgvr.retriever import Retriever
 
@@ -173,23 +173,25 @@ def bench_decode(entries: list[discover.FileEntry], encoder: ClipEncoder,
                                 encoder.preprocess.resize_mode)
     workers = args.workers
 
-    def decode_task(task: ClipTask) -> list[ClipTask]:
-        return decode_group(task, args.frames, recipe, timeout)
+    def decode_task(job):
+        return job if isinstance(job, FileFailure) else decode_job(job, args.frames, recipe,
+                                                                   timeout)
 
     kept: list[np.ndarray] = []
     clips = frames = failures = 0
     started = time.perf_counter()
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        tasks = plan_tasks(entries, args.clip_seconds, workers, timeout)
-        for group in ordered_map(pool, decode_task, tasks, window=workers * 2):
-            for task in group:
-                if task.error is not None:  # a file that failed probing counts as one clip
-                    failures += len(task.spans) or 1
-                    continue
+        jobs = plan_jobs(entries, args.clip_seconds, workers, timeout)
+        for future in ordered_futures(pool, decode_task, jobs, window=workers * 2):
+            result = future.result()
+            if isinstance(result, FileFailure):  # a file or group that failed counts as one
+                failures += 1
+                continue
+            for item in result:
                 clips += 1
-                frames += len(task.decoded.frames)
-                kept.append(np.empty((len(task.decoded.frames), 0), np.uint8)
-                            if args.random_frames else task.decoded.frames)
+                frames += len(item.clip.frames)
+                kept.append(np.empty((len(item.clip.frames), 0), np.uint8)
+                            if args.random_frames else item.clip.frames)
     seconds = time.perf_counter() - started
     return ({"seconds": seconds, "clips": clips, "frames": frames, "failures": failures,
              "clips_per_s": clips / seconds, "workers": workers,

@@ -19,9 +19,8 @@ import numpy as np
 
 from mgvr.config import IndexConfig, ModelIdentity
 from mgvr.indexer import Indexer, IndexOptions
-from mgvr.indexer.writer import EncodedClip, IndexWriter
+from mgvr.indexer.writer import EncodedClip, FileFacts, IndexWriter
 from mgvr.storage.catalog import Catalog
-from mgvr.storage.coarse import CoarseIndex
 from mgvr.storage.layout import IndexLayout
 
 DIM = 512
@@ -44,8 +43,8 @@ def inject(index_dir: Path, paths: list[Path]) -> None:
     config = IndexConfig(model=identity)
     config.save(index_dir)
     layout = IndexLayout(index_dir)
-    catalog = Catalog(layout.catalog)
-    writer = IndexWriter(layout, catalog, config, CoarseIndex.empty(DIM))
+    catalog = Catalog.create(layout.catalog)
+    writer = IndexWriter(layout, catalog, config)
     rng = np.random.default_rng(0)
     for path in paths:
         features = rng.standard_normal((12, DIM)).astype(np.float32)
@@ -53,8 +52,8 @@ def inject(index_dir: Path, paths: list[Path]) -> None:
         coarse = features.mean(0) / np.linalg.norm(features.mean(0))
         clip = EncodedClip(0, 0.0, 10.0, np.arange(12, dtype=np.float32), features, coarse)
         info = path.stat()
-        writer.add(str(path.resolve()), info.st_size, info.st_mtime_ns, None, [clip], 10.0,
-                   320, 240)
+        writer.add(FileFacts(str(path.resolve()), info.st_size, info.st_mtime_ns, None, 10.0, 320,
+                             240), [clip])
     writer.commit()
     catalog.close()
 

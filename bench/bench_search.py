@@ -1,7 +1,7 @@
 """Benchmark of search at scale, on synthetic indexes written through mgvr's real storage code.
 
 For each size (default 10k, 100k and 1M clips) it builds (or reuses, see --workdir) an index of
-CLIP-like synthetic features (`mgvr.retriever.synthetic`: Parquet parts with their sidecars,
+CLIP-like synthetic features (`bench/synthetic.py`: Parquet parts with their sidecars,
 the FAISS generation whose layout the size decides, the SQLite catalog; no video decoding),
 opens it with the real Retriever and prints, measured in this run:
 
@@ -42,6 +42,7 @@ import faiss
 import numpy as np
 import torch
 from common import machine_info, percentiles
+from synthetic import SyntheticSpace, topics_for, write_index
 
 from mgvr.config import IndexConfig
 from mgvr.model.clip import ClipEncoder, pick_device
@@ -49,9 +50,8 @@ from mgvr.model.scoring import rerank_score
 from mgvr.retriever.recall import search_on_one_thread
 from mgvr.retriever.rerank import batch_candidates
 from mgvr.retriever.search import Retriever
-from mgvr.retriever.synthetic import SyntheticSpace, topics_for, write_index
 from mgvr.storage.coarse import recall_at_k
-from mgvr.storage.fine import SIDECAR_SUFFIX
+from mgvr.storage.fine import SIDECAR_SUFFIX, MappedSidecar, sidecar_path
 
 COLD_QUERIES = 30
 CAPTIONS = ["a man cooking pasta in a small kitchen", "a dog running on the beach",
@@ -161,6 +161,20 @@ def ensure_index(root: Path, encoder: ClipEncoder, clips: int, frames: int, seed
     return time.perf_counter() - started
 
 
+def live_coarse_vectors(retriever: Retriever) -> tuple[np.ndarray, np.ndarray]:
+    """Every live clip's exact coarse vector, from the fine store (not from FAISS, whose SQ8
+    segments hold approximations): what recall is measured against."""
+    by_part: dict[str, list] = {}
+    for location in retriever.catalog.clip_locations():
+        by_part.setdefault(location.part, []).append(location)
+    ids, vectors = [], []
+    for part, locations in by_part.items():
+        records = MappedSidecar(sidecar_path(retriever.layout.fine_part(part))).records
+        ids.append(np.array([loc.clip_id for loc in locations], np.int64))
+        vectors.append(np.array(records["coarse"][[loc.row for loc in locations]]))
+    return np.concatenate(ids), np.concatenate(vectors)
+
+
 def exhaustive_vs_two_stage(retriever: Retriever, queries: np.ndarray, depth: int,
                             count: int) -> dict:
     """Score every clip with the fine score, and compare with search. The features are
@@ -233,16 +247,15 @@ def measure(root: Path, clips: int, args: argparse.Namespace, space: SyntheticSp
         cold["fetch"].append(timings["fetch"])
         cold["total"].append(timings["recall"] + timings["fetch"] + timings["rerank"])
 
-    searcher = retriever._current_searcher()
-    coarse = searcher.coarse
+    searcher = retriever._generation().searcher
     k = min(args.rerank_depth, clips)
-    ids, vectors = coarse.items()
+    ids, vectors = live_coarse_vectors(retriever)
     _, rows = faiss.knn(timed, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
     _, found = searcher.search(timed, k)
     del vectors
     result = {
         "clips": clips,
-        "coarse": {**coarse.describe(), "backend": searcher.backend},
+        "coarse": {"clips": len(searcher), "segments": searcher.describe()},
         "latency_ms": {stage: percentiles(values) for stage, values in stages.items()},
         "fetch_split_ms": fetch_parts,
         "cold_page_cache_ms": {stage: percentiles(values) for stage, values in cold.items()},
@@ -264,10 +277,11 @@ def measure(root: Path, clips: int, args: argparse.Namespace, space: SyntheticSp
 def report(result: dict, build_s: float | None) -> None:
     lat = result["latency_ms"]
     recall_key = next(k for k in result if k.startswith("recall_at_"))
-    coarse = result["coarse"]
-    layout = coarse["kind"] + (f" nlist={coarse['nlist']} nprobe={coarse['nprobe']}"
-                               if coarse["kind"] == "ivf" else "")
-    print(f"\n== {result['clips']:,} clips ({layout}, {coarse['backend']})"
+    segments = result["coarse"]["segments"]
+    layout = "; ".join(f"{s['kind']} {s['clips']:,}" + (f" nlist={s['nlist']} nprobe={s['nprobe']}"
+                                                         if s["nlist"] else "")
+                       + f" {s['backend']}" for s in segments)
+    print(f"\n== {result['clips']:,} clips ({len(segments)} segments: {layout})"
           + (f", built in {build_s:.0f} s" if build_s else ", reused"))
     for stage in ("recall", "fetch", "rerank", "total"):
         print(f"  {stage:<12} p50 {lat[stage]['p50']:8.2f} ms   p95 {lat[stage]['p95']:8.2f} ms")

@@ -9,9 +9,10 @@ page of 20 thumbnails, against a real server on a real index of generated videos
    --clients concurrent clients (one keep-alive connection each): latency p50/p95, queries/s,
    errors.
 4. image: --images frames of the corpus as PNG uploads: latency p50/p95.
-5. thumbnails: a search for 20 hits, then its 20 card thumbnails over 6 connections (what a
-   browser opens per host): search + thumbnails, p50/p95 over 20 queries; and, with Chromium,
-   the page itself: from pressing Enter to every card's thumbnail loaded, p50/p95.
+5. thumbnails: a search for 20 hits, then its 20 cards' frame sprites (one image per clip)
+   over 6 connections (what a browser opens per host): search + thumbnails, p50/p95 over 20
+   queries; and, with Chromium, the page itself: from pressing Enter to every card's
+   thumbnail loaded, p50/p95.
 
     .venv/bin/python bench/bench_serve.py --workdir /tmp/mgvr-bench-serve
 """
@@ -207,8 +208,7 @@ def first_pages(server: Server, queries: list[str]) -> dict:
         status, body, _ = text_query(search_connection, query, PAGE)
         hits = json.loads(body)["hits"] if status == 200 else []
         between = time.perf_counter()
-        answers = list(pool.map(fetch, [f"/clips/{h['clip_id']}/frames/{h['best_frame']}.jpg"
-                                        for h in hits]))
+        answers = list(pool.map(fetch, [f"/clips/{h['clip_id']}/frames.jpg" for h in hits]))
         done = time.perf_counter()
         totals.append((done - started) * 1000)
         thumbs.append((done - between) * 1000)

@@ -22,6 +22,20 @@ def fail(error: MgvrError) -> typer.Exit:
     return typer.Exit(error.exit_code)
 
 
+def shown(path: str) -> str:
+    """A path safe to print on a terminal: control characters (newlines, ANSI escapes) and
+    bytes that are not UTF-8 are written as escapes (the JSON output keeps them exactly)."""
+    out = []
+    for char in path:
+        if "\udc80" <= char <= "\udcff":  # a byte os.fsdecode could not decode
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif not char.isprintable():
+            out.append(repr(char)[1:-1])
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def set_torch_threads(threads: int | None) -> None:
     """--threads: torch's intra-op threads (None leaves torch's choice)."""
     if threads is None:

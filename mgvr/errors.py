@@ -10,6 +10,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_LOCKED = 4
+EXIT_REMOVAL_REFUSED = 5
+EXIT_NO_SPACE = 6
 
 
 class MgvrError(Exception):
@@ -45,7 +47,7 @@ class DecodeError(MgvrError):
 
     `reason` is a short machine-readable word stored in the catalog
     (corrupt, unsupported-codec, no-video-stream, zero-frames, timeout, permission-denied,
-    not-a-video).
+    not-a-video, empty).
     """
 
     def __init__(self, path: str, reason: str, detail: str) -> None:
@@ -59,3 +61,14 @@ class LockedError(MgvrError):
     """Another index run holds the writer lock."""
 
     exit_code = EXIT_LOCKED
+
+
+class IndexDamagedError(MgvrError):
+    """A file of the index is missing, unreadable or fails its checksum; the message says how
+    to recover (usually `mgvr verify --repair`)."""
+
+
+class DiskFullError(MgvrError):
+    """The index's file system ran out of space; the last commit is intact."""
+
+    exit_code = EXIT_NO_SPACE

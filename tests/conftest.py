@@ -13,6 +13,8 @@ import pytest
 
 TESTS = Path(__file__).parent
 TINY_CONFIG = TESTS / "data" / "mgvr-test-tiny.json"
+# bench/synthetic.py writes synthetic indexes through the production writer; tests share it.
+sys.path.insert(0, str(TESTS.parent / "bench"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -139,16 +141,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
 
 def verify_index(index_dir: Path, repair: bool = False):
     """`mgvr verify` on the index, in process: its VerifyReport."""
-    from mgvr.storage.catalog import Catalog
     from mgvr.storage.layout import IndexLayout
-    from mgvr.storage.maintenance import verify
+    from mgvr.storage.verify import verify_directory
 
-    layout = IndexLayout(index_dir)
-    catalog = Catalog(layout.catalog)
-    try:
-        return verify(layout, catalog, repair=repair)
-    finally:
-        catalog.close()
+    return verify_directory(IndexLayout(index_dir), repair=repair)
 
 
 @pytest.fixture(scope="session")

@@ -1,29 +1,40 @@
-"""The coarse index's layout by size: exact while small, IVF when large, on real FAISS files,
-with IVF answers checked against brute force."""
+"""Coarse segments on real FAISS files: layouts by size, tombstones and filters applied inside
+the search, several segments merged into one top k, each checked against brute force."""
 
-import faiss
 import numpy as np
 import pytest
 import torch
+from synthetic import SyntheticSpace
 
-from mgvr.retriever.recall import CoarseSearcher, TorchExactSearch
-from mgvr.retriever.synthetic import SyntheticSpace
+from mgvr.errors import IndexDamagedError
+from mgvr.hashing import sha256_file
+from mgvr.retriever.recall import CoarseSearcher, LoadedSegment, TorchExactSearch
 from mgvr.storage import coarse as coarse_module
-from mgvr.storage.coarse import CoarseIndex, nlist_for, recall_at_k
+from mgvr.storage.catalog import SegmentRecord
+from mgvr.storage.coarse import (
+    build_segment,
+    load_segment,
+    nlist_for,
+    recall_at_k,
+    segment_items,
+    write_segment,
+)
 
 DIM = 32
 
 
 @pytest.fixture
-def small_threshold(monkeypatch):
-    """IVF from 4,000 vectors instead of 50,000, so the tests stay fast; policy is unchanged."""
-    monkeypatch.setattr(coarse_module, "IVF_MIN_CLIPS", 4000)
+def small_thresholds(monkeypatch):
+    """IVF from 4,000 vectors and SQ8 from 8,000 instead of 50,000 / 250,000, so the tests
+    stay fast; the policy is unchanged."""
+    monkeypatch.setattr(coarse_module, "FLAT_MAX_ROWS", 4000)
+    monkeypatch.setattr(coarse_module, "SQ8_MIN_ROWS", 8000)
 
 
-def _clips(count: int, seed: int = 0) -> tuple[SyntheticSpace, np.ndarray, np.ndarray]:
+def _clips(count: int, seed: int = 0, first_id: int = 10):
     space = SyntheticSpace.make(DIM, topics=max(8, count // 200), rank=16, seed=seed)
     _, vectors = space.clips(count, 2, np.random.default_rng(seed + 1))
-    return space, np.arange(10, 10 + count, dtype=np.int64) * 3, vectors
+    return space, np.arange(first_id, first_id + count, dtype=np.int64) * 3, vectors
 
 
 def _exact(ids, vectors, queries, k):
@@ -31,109 +42,113 @@ def _exact(ids, vectors, queries, k):
     return ids[np.argsort(-scores, axis=1)[:, :k]]
 
 
-def test_stays_exact_below_the_threshold(tmp_path, small_threshold):
-    _, ids, vectors = _clips(3000)
-    index = CoarseIndex.empty(DIM)
-    index.add(ids, vectors)
-    index.save(tmp_path / "coarse-000001.faiss")
-    loaded = CoarseIndex.load(tmp_path / "coarse-000001.faiss", DIM)
-    assert loaded.describe() == {"kind": "exact", "clips": 3000}
+def _loaded(name, ids, vectors, dead=(), kind=None, tmp_path=None):
+    index, layout = build_segment(ids, vectors, kind)
+    if tmp_path is not None:  # through a real file, checked by its checksum
+        path = tmp_path / name
+        write_segment(index, path)
+        index = load_segment(path, DIM, sha256_file(path))
+    record = SegmentRecord(name, layout.kind, layout.rows, layout.nlist, layout.nprobe,
+                           layout.ef_search)
+    return LoadedSegment(record, index, np.asarray(sorted(dead), np.int64))
 
 
-def test_becomes_ivf_with_recall_above_target_and_records_it_in_the_file(tmp_path,
-                                                                         small_threshold):
-    space, ids, vectors = _clips(12000)
-    index = CoarseIndex.empty(DIM)
-    index.add(ids, vectors)
-    index.save(tmp_path / "coarse-000002.faiss")
-    loaded = CoarseIndex.load(tmp_path / "coarse-000002.faiss", DIM)
-    info = loaded.describe()
-    assert info["kind"] == "ivf" and info["clips"] == 12000
-    assert info["nlist"] == nlist_for(12000) == 128 and 1 <= info["nprobe"] <= 128
-    assert isinstance(faiss.read_index(str(tmp_path / "coarse-000002.faiss")), faiss.IndexIVFFlat)
+def test_layout_follows_the_size(small_thresholds):
+    _, ids, vectors = _clips(9000)
+    assert build_segment(ids[:3000], vectors[:3000])[1].kind == "flat"
+    _, layout = build_segment(ids[:6000], vectors[:6000])
+    assert layout.kind == "ivf-flat" and layout.nlist == nlist_for(6000) == 128
+    assert 1 <= layout.nprobe <= layout.nlist and layout.ef_search >= 2 * layout.nprobe
+    assert build_segment(ids, vectors)[1].kind == "ivf-sq8"
 
+
+@pytest.mark.parametrize("count", [6000, 9000])  # ivf-flat, ivf-sq8
+def test_ivf_segment_reaches_its_recall_target_after_a_reload(tmp_path, small_thresholds,
+                                                              count):
+    space, ids, vectors = _clips(count)
+    segment = _loaded("seg-000001.faiss", ids, vectors, tmp_path=tmp_path)
+    searcher = CoarseSearcher([segment], int(ids.max()) + 1, torch.device("cpu"))
     queries = space.queries(100, np.random.default_rng(9))
-    scores, found = loaded.search(queries, 50)
+    scores, found = searcher.search(queries, 50)
     assert recall_at_k(found, _exact(ids, vectors, queries, 50)) >= 0.98
-    exact_scores = np.take_along_axis(queries @ vectors.T, np.searchsorted(
-        ids, np.where(found >= 0, found, ids[0])), axis=1)
-    assert np.allclose(scores[found >= 0], exact_scores[found >= 0], atol=1e-5)
-
-    stored_ids, stored = loaded.items()
+    rows = np.searchsorted(ids, np.where(found >= 0, found, ids[0]))
+    exact_scores = np.take_along_axis(queries @ vectors.T, rows, axis=1)
+    tolerance = 1e-5 if segment.record.kind == "ivf-flat" else 2e-2  # SQ8 codes
+    assert np.allclose(scores[found >= 0], exact_scores[found >= 0], atol=tolerance)
+    stored_ids, stored = segment_items(segment.index)
     order = np.argsort(stored_ids)
-    assert np.array_equal(stored_ids[order], ids) and np.array_equal(stored[order], vectors)
+    assert np.array_equal(stored_ids[order], ids)
+    assert np.abs(stored[order] - vectors).max() < max(tolerance, 1e-6)
 
 
-def test_ivf_keeps_add_and_remove_by_clip_id(tmp_path, small_threshold):
+def test_tombstones_and_segments_merge_into_the_exact_live_top_k(tmp_path, small_thresholds):
+    """A big IVF segment, two small flat ones, 5% of the ids dead: no dead clip comes back and
+    recall against exact search over the LIVE set stays at target."""
+    space, ids, vectors = _clips(7000)
+    rng = np.random.default_rng(5)
+    dead = set(rng.choice(ids, len(ids) // 20, replace=False).tolist())
+    cuts = [0, 6000, 6500, 7000]
+    segments = [_loaded(f"seg-{i:06d}.faiss", ids[a:b], vectors[a:b],
+                        [d for d in dead if ids[a] <= d <= ids[b - 1]], tmp_path=tmp_path)
+                for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))]
+    assert [s.record.kind for s in segments] == ["ivf-flat", "flat", "flat"]
+    searcher = CoarseSearcher(segments, int(ids.max()) + 1, torch.device("cpu"))
+    assert len(searcher) == len(ids) - len(dead)
+    live = ~np.isin(ids, list(dead))
+    queries = space.queries(60, np.random.default_rng(2))
+    scores, found = searcher.search(queries, 50)
+    assert not np.isin(found, list(dead)).any()
+    assert recall_at_k(found, _exact(ids[live], vectors[live], queries, 50)) >= 0.98
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # one merged ranking, best first
+
+
+def test_a_filter_finds_every_allowed_clip_even_outside_the_unfiltered_top_k(small_thresholds):
     space, ids, vectors = _clips(6000)
-    index = CoarseIndex.empty(DIM)
-    index.add(ids, vectors)
-    assert index.fit_layout() and index.kind == "ivf"
-    removed = ids[::5].tolist()
-    assert index.remove(removed) == len(removed)
-    _, extra_ids, extra = _clips(500, seed=4)
-    extra_ids = extra_ids + 10 ** 6
-    index.add(extra_ids, extra)
-    index.save(tmp_path / "coarse-000003.faiss")
-    loaded = CoarseIndex.load(tmp_path / "coarse-000003.faiss", DIM)
-    assert len(loaded) == 6000 - len(removed) + 500
-
-    keep = ~np.isin(ids, removed)
-    all_ids = np.concatenate([ids[keep], extra_ids])
-    all_vectors = np.concatenate([vectors[keep], extra])
-    queries = space.queries(50, np.random.default_rng(2))
-    _, found = loaded.search(queries, 50)
-    assert not np.isin(found, removed).any()
-    assert recall_at_k(found, _exact(all_ids, all_vectors, queries, 50)) >= 0.98
-    assert set(loaded.ids().tolist()) == set(all_ids.tolist())
+    segment = _loaded("seg-000001.faiss", ids, vectors)
+    searcher = CoarseSearcher([segment], int(ids.max()) + 1, torch.device("cpu"))
+    query = space.queries(1, np.random.default_rng(4))
+    _, unfiltered = searcher.search(query, 50)
+    allowed = np.sort(np.setdiff1d(ids, unfiltered[0])[::300])  # 20 ids, none in the top 50
+    scores, found = searcher.search(query, 50, allowed_ids=allowed)
+    assert sorted(found[0][found[0] >= 0].tolist()) == allowed.tolist()  # all 20, no more
+    order = np.argsort(-(query @ vectors[np.searchsorted(ids, allowed)].T)[0])
+    assert found[0][:20].tolist() == allowed[order].tolist()
 
 
-def test_layout_follows_the_size_with_hysteresis(small_threshold):
-    _, ids, vectors = _clips(20000)
-    index = CoarseIndex.empty(DIM)
-    index.add(ids[:4000], vectors[:4000])
-    assert index.fit_layout() and index.describe()["nlist"] == 64
-    index.add(ids[4000:16000], vectors[4000:16000])  # 16,000 = 4 * 64^2: still in range
-    assert not index.fit_layout()
-    index.add(ids[16000:], vectors[16000:])  # past 4 * nlist^2: retrain with more lists
-    assert index.fit_layout() and index.describe()["nlist"] == nlist_for(20000) == 128
-    index.remove(ids[2500:].tolist())  # too few for 128 lists: fewer lists
-    assert index.fit_layout() and index.describe()["nlist"] == nlist_for(2500) == 64
-    index.remove(ids[1500:2500].tolist())  # below half the threshold: exact again
-    assert index.fit_layout() and index.describe() == {"kind": "exact", "clips": 1500}
-
-
-def test_searcher_on_ivf_answers_like_the_index(small_threshold):
-    space, ids, vectors = _clips(5000)
-    index = CoarseIndex.empty(DIM)
-    index.add(ids, vectors)
-    index.fit_layout()
-    searcher = CoarseSearcher(index, torch.device("cpu"))
-    assert searcher.backend == "faiss-cpu-ivf"
-    queries = space.queries(3, np.random.default_rng(0))
-    for query in queries:
-        scores, found = searcher.search(query[None], 20)
-        expected_scores, expected = index.search(query[None], 20)
-        assert np.array_equal(found, expected) and np.array_equal(scores, expected_scores)
+def test_a_damaged_segment_file_is_refused_before_faiss_reads_it(tmp_path):
+    _, ids, vectors = _clips(500)
+    index, _ = build_segment(ids, vectors)
+    path = tmp_path / "seg-000001.faiss"
+    write_segment(index, path)
+    checksum = sha256_file(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexDamagedError, match="fails its checksum"):
+        load_segment(path, DIM, checksum)
+    path.write_bytes(b"garbage")
+    with pytest.raises(IndexDamagedError, match="unreadable FAISS file"):
+        load_segment(path, DIM, None)
 
 
 def test_torch_exact_search_the_gpu_fallback_matches_brute_force():
     # The GPU fallback's code (float16 vectors, one matmul, top-k) run on the CPU.
     space, ids, vectors = _clips(3000)
-    index = CoarseIndex.empty(DIM)
-    index.add(ids, vectors)
-    index.remove(ids[::7].tolist())
-    kept = np.setdiff1d(np.arange(len(ids)), np.arange(0, len(ids), 7))
-    search = TorchExactSearch(index, torch.device("cpu"))
+    removed = ids[::7]
+    kept = ~np.isin(ids, removed)
+    search = TorchExactSearch(ids, vectors, torch.device("cpu"))
     queries = space.queries(5, np.random.default_rng(3)).astype(np.float32)
-    scores, found = search.search(queries, 20)
+    scores, found = search.search(queries, 20, excluded=removed)
     exact_scores = queries @ vectors[kept].T
+    by_id = dict(zip(ids.tolist(), vectors, strict=True))
     for q in range(len(queries)):
         order = np.argsort(-exact_scores[q])
         # float16 storage moves scores by ~1e-3: compare sets above that margin.
         assert np.allclose(scores[q], exact_scores[q][order[:20]], atol=2e-3)
         assert len(set(found[q]) ^ set(ids[kept][order[:20]])) <= 2
-        assert set(found[q].tolist()) <= set(ids[kept].tolist())  # no removed clip comes back
-        by_id = dict(zip(ids.tolist(), vectors, strict=True))
+        assert not set(found[q].tolist()) & set(removed.tolist())  # no removed clip returns
         true_scores = np.array([by_id[i] @ queries[q] for i in found[q].tolist()])
         assert np.allclose(scores[q], true_scores, atol=2e-3)  # each id with its own score
+    allowed = np.sort(ids[kept][::50])
+    _, only = search.search(queries, 20, excluded=removed, allowed=allowed)
+    assert set(only.ravel().tolist()) <= set(allowed.tolist())

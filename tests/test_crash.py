@@ -1,6 +1,10 @@
-"""Crash safety with real processes: `mgvr index` killed with SIGKILL at random moments,
-concurrent writers, and searches running while an index run commits."""
+"""Crash safety with real processes: `mgvr index` killed with SIGKILL at chosen moments,
+concurrent writers, and searches running while an index run commits.
 
+Nothing here waits on a sleep for another process to get somewhere: the tests act on what the
+processes print (each commit prints a line when stderr is not a terminal) or on the lock."""
+
+import os
 import random
 import shutil
 import signal
@@ -15,9 +19,10 @@ from conftest import make_video, run_cli, verify_index
 import mgvr
 from mgvr.retriever import Retriever
 from mgvr.storage.catalog import Catalog
-from mgvr.storage.coarse import CoarseIndex
+from mgvr.storage.coarse import load_segment, segment_items
 from mgvr.storage.fine import FineReader
 from mgvr.storage.layout import IndexLayout
+from mgvr.storage.lock import WriterLock
 
 KILLS = 20
 SEED = 20261128
@@ -46,6 +51,15 @@ def _start(args):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def _commit_lines(process):
+    """The clips of each commit the process announces, as it announces them (then None at
+    its end)."""
+    for line in process.stderr:
+        if line.startswith("mgvr: committed generation"):
+            yield int(line.rsplit("(", 1)[1].split()[0])
+    yield None
+
+
 def _snapshot(index_dir):
     """{(path, clip_index): (start, end, coarse vector, frame features)} of the committed index."""
     layout = IndexLayout(index_dir)
@@ -55,9 +69,12 @@ def _snapshot(index_dir):
             return {}
         records = catalog.clips_by_ids(catalog.all_clip_ids())
         rows = FineReader(layout.fine_dir, 64).read([(r.part, r.row) for r in records.values()])
-        coarse = CoarseIndex.load(layout.coarse(catalog.generation()), 64)
-        ids, stored = coarse.items()
-        vectors = dict(zip(ids.tolist(), stored, strict=True))
+        vectors = {}
+        for segment in catalog.segments():
+            dead = set(catalog.tombstones(segment.name))
+            ids, stored = segment_items(load_segment(layout.segment(segment.name), 64, None))
+            vectors.update((i, v) for i, v in zip(ids.tolist(), stored, strict=True)
+                           if i not in dead)
         assert sorted(vectors) == sorted(records), "FAISS ids differ from the catalog's clips"
         return {(records[clip_id].video_path, records[clip_id].clip_index):
                 (records[clip_id].start_s, records[clip_id].end_s, vectors[clip_id], row.features)
@@ -80,34 +97,43 @@ def _assert_consistent(index_dir):
     return len(snapshot)
 
 
-def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, crash_corpus,
+def test_sigkill_at_chosen_moments_loses_and_duplicates_nothing(tmp_path, crash_corpus,
                                                                  tiny_model):
     reference_dir = tmp_path / "reference"
-    started = time.monotonic()
     result = run_cli(*_index_args(crash_corpus, reference_dir, tiny_model, clip_seconds=1))
     assert result.returncode == 0, result.stderr
-    full_run = time.monotonic() - started
     reference = _snapshot(reference_dir)
     assert len(reference) == 3 * (4 + 8 + 12 + 16)  # 4, 8, 12 and 16 s files, 1 s clips
 
+    # Each kill comes after a seeded number of commit lines (0: as soon as the run starts), and
+    # a seeded random part of a second later, so it lands inside commits too.
     rng = random.Random(SEED)
     index_dir = tmp_path / "killed"
-    kills = 0
-    committed_counts = []
-    while kills < KILLS:
+    kills = []
+    while len(kills) < KILLS:
+        before = _assert_consistent(index_dir)
         process = _start(_index_args(crash_corpus, index_dir, tiny_model, clip_seconds=1))
-        time.sleep(rng.uniform(0.2, full_run))
+        wanted = rng.randint(0, 4)
+        announced = 0
+        lines = _commit_lines(process)
+        for _ in range(wanted):
+            clips = next(lines)
+            if clips is None:
+                break
+            announced += clips
+        time.sleep(rng.uniform(0, 0.3))
         if process.poll() is not None:  # finished before the kill: start over from scratch
-            assert process.returncode == 0, process.stderr.read()
+            assert process.wait() == 0
             assert _snapshot(index_dir).keys() == reference.keys()
             shutil.rmtree(index_dir)
             continue
         process.send_signal(signal.SIGKILL)
         process.wait()
-        kills += 1
-        committed_counts.append(_assert_consistent(index_dir))
-        if committed_counts[-1] == len(reference):  # killed after its last commit: the next
-            shutil.rmtree(index_dir)                 # run would have nothing left to do
+        committed = _assert_consistent(index_dir)
+        assert committed >= before + announced  # what a commit line announced is durable
+        kills.append((wanted, committed))
+        if committed == len(reference):  # nothing left for the next run to do: start over
+            shutil.rmtree(index_dir)
 
     result = run_cli(*_index_args(crash_corpus, index_dir, tiny_model, clip_seconds=1))
     assert result.returncode == 0, result.stderr
@@ -120,26 +146,27 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, crash_
         assert np.allclose(got[3].astype(np.float32), features.astype(np.float32), atol=2e-3)
     assert _assert_consistent(index_dir) == len(reference)
     assert not [p for p in index_dir.rglob("*") if p.name.endswith(".tmp")]
-    # The kills landed at different stages: some before any commit, some mid-way.
-    print("committed clips at each kill:", committed_counts)
-    assert len(set(committed_counts)) >= 3, committed_counts
+    print("(commit lines waited for, committed clips) at each kill:", kills)
+    assert len({wanted for wanted, _ in kills}) >= 3  # kills at several stages of a run
 
 
 def test_second_writer_exits_4_or_waits(tmp_path, crash_corpus, tiny_model):
     index_dir = tmp_path / "idx"
-    args = _index_args(crash_corpus, index_dir, tiny_model, clip_seconds=0.5)  # a longer run
-    first = _start(args)
-    deadline = time.monotonic() + 60
-    while not (index_dir / "lock").exists() or not (index_dir / "lock").read_text():
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.05)
-    second = run_cli(*args)
-    assert second.returncode == 4
-    assert f"(pid {first.pid})" in second.stderr
-    waiting = run_cli(*args, "--wait", "120")
-    assert first.wait(timeout=120) == 0
-    assert waiting.returncode == 0, waiting.stderr
-    assert "indexed 0 files" in waiting.stdout  # the first run had done everything
+    index_dir.mkdir()
+    args = _index_args(crash_corpus, index_dir, tiny_model)
+    with WriterLock(index_dir / "lock", command="compact") as held:
+        second = run_cli(*args)
+        assert second.returncode == 4
+        assert f"another `mgvr compact` (pid {os.getpid()})" in second.stderr
+        waiting = subprocess.Popen([sys.executable, "-m", "mgvr.cli", *args, "--wait", "300"],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        line = waiting.stderr.readline()  # it says it waits, then waits: release the lock
+        assert "waiting for `mgvr compact`" in line, line
+        assert held
+    out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, err
+    assert "indexed 12 files" in out
     assert _assert_consistent(index_dir) > 0
 
 
@@ -150,7 +177,7 @@ def test_stale_lock_of_a_killed_writer_is_taken_over(tmp_path, crash_corpus, tin
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert (index_dir / "lock").read_text() == str(first.pid)  # left behind by the dead
+    assert (index_dir / "lock").read_text() == f"{first.pid} index"  # left by the dead
     result = run_cli(*_index_args(crash_corpus, index_dir, tiny_model))
     assert result.returncode == 0, result.stderr
 
@@ -163,15 +190,16 @@ def test_searches_during_an_index_run_never_fail(tmp_path, crash_corpus, tiny_mo
         shutil.copy(path, first_half / path.name)
     assert run_cli(*_index_args(first_half, index_dir, tiny_model)).returncode == 0
     retriever = Retriever(index_dir, device="cpu")
-    generations = set()
-    searches = 0
+    generations = [retriever.catalog.generation()]
     writer = _start(_index_args(crash_corpus, index_dir, tiny_model))
-    while writer.poll() is None:
+    for clips in _commit_lines(writer):  # a search after each commit, while the run goes on
         hits = retriever.search("a colourful pattern", limit=100).hits
         assert hits and len({h.clip_id for h in hits}) == len(hits)
-        generations.add(retriever.catalog.generation())
-        searches += 1
-    assert writer.returncode == 0, writer.stderr.read()
-    assert searches > 10 and len(generations) > 2
+        generations.append(retriever.catalog.generation())
+        if clips is None:
+            break
+    assert writer.wait() == 0
+    assert len(generations) > 3 and generations == sorted(generations)
+    assert generations[-1] > generations[0]
     assert len(retriever.search("a colourful pattern", limit=100).hits) == len(
         _snapshot(index_dir))

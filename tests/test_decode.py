@@ -1,5 +1,6 @@
 """Real ffmpeg on real files: probing, clip planning, sampling, preprocessing parity, failures."""
 
+import os
 import subprocess
 
 import numpy as np
@@ -65,9 +66,10 @@ def test_rotation_metadata_is_honoured(corpus):
 
 def _full_size_frames(path, info, span, frames):
     """The frames decode_clip picks, but at full size (no resize), for a reference transform."""
-    command = (decode.sampled_stream(str(path), info, span, frames)
+    command = (decode.sampled_stream(info, span, frames)
                .output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=frames)
                .global_args("-v", "error").compile())
+    command = [str(path) if arg == decode.INPUT_PLACEHOLDER else arg for arg in command]
     raw = subprocess.run(command, capture_output=True, check=True, timeout=60).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, info.height, info.width, 3)
 
@@ -181,8 +183,8 @@ def test_frames_match_open_clip_preprocessing(sample_clips, corpus, size):
 
 @pytest.mark.parametrize(("name", "reason"), [
     ("audio_only.mp4", "no-video-stream"),
-    ("zero_bytes.mp4", "corrupt"),
-    ("text.mp4", "corrupt"),
+    ("zero_bytes.mp4", "empty"),
+    ("text.mp4", "not-a-video"),
     ("random.mkv", "corrupt"),
     ("truncated.mp4", "corrupt"),
 ])
@@ -222,3 +224,25 @@ def test_missing_decoder_is_reported_as_unsupported_codec():
     stderr = b"[vist#0:0/av1] Decoder (codec av1) not found for input stream #0:0\n"
     assert decode._failure_reason(stderr) == "unsupported-codec"
     assert decode._failure_reason(b"moov atom not found\n") == "corrupt"
+
+
+def test_a_video_of_one_frame_decodes_its_frame(tmp_path):
+    path = tmp_path / "one_frame.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "1", "-c:v",
+           "libx264", "-pix_fmt", "yuv420p", str(path))
+    info = decode.probe(str(path), 30)
+    clips = decode.decode_clips(str(path), info, decode.plan_clips(info.duration_s, 15), 12,
+                                decode.FrameRecipe(64), 30)
+    assert len(clips) == 1 and len(clips[0].frames) >= 1  # every sample takes the one frame
+    assert clips[0].frames.std() > 10  # the picture, not a blank
+    assert (clips[0].frames == clips[0].frames[:1]).all()
+
+
+def test_a_file_name_that_is_not_utf8_decodes(tmp_path, corpus):
+    name = os.fsdecode(b"bad\xff\xfe name.mp4")
+    path = tmp_path / name
+    path.write_bytes((corpus / "a_testsrc.mp4").read_bytes())
+    info = decode.probe(str(path), 30)
+    clips = decode.decode_clips(str(path), info, decode.plan_clips(info.duration_s, 15), 4,
+                                decode.FrameRecipe(64), 30)
+    assert len(clips[0].frames) == 4

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic import SyntheticSpace, write_index
 
 from mgvr.config import ModelIdentity
 from mgvr.errors import MgvrError
 from mgvr.retriever.search import Retriever
-from mgvr.retriever.synthetic import SyntheticSpace, write_index
 from mgvr.storage.fine import (
     ROW_GROUP_SIZE,
     SIDECAR_SUFFIX,
+    ClipInfo,
     FinePartWriter,
     FineReader,
     FineRow,
@@ -29,7 +30,8 @@ DIM = 16
 def _row(rng, clip_id: int, frames: int) -> FineRow:
     features = rng.standard_normal((frames, DIM)).astype(np.float16)
     return FineRow(clip_id, (np.arange(frames, dtype=np.float32) + rng.random()) * 1.5,
-                   features, rng.standard_normal(DIM).astype(np.float32))
+                   features, rng.standard_normal(DIM).astype(np.float32),
+                   ClipInfo(f"/v/{clip_id}.mp4", 0, 0.0, 1.0, 10, 1))
 
 
 def _write_part(folder: Path, number: int, rows: list[FineRow],

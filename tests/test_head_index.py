@@ -43,7 +43,8 @@ def test_index_and_search_apply_the_trained_head(tmp_path, corpus, checkpoint):
     assert result.returncode == 0, result.stderr
 
     retriever = Retriever(tmp_path / "idx", device="cpu")
-    assert retriever.config.head_checkpoint == str(directory)
+    assert retriever.config.head_checkpoint == "model"  # copied into the index
+    assert retriever.config.head_source == str(directory)
     clip_ids = retriever.catalog.all_clip_ids()
     records = retriever.catalog.clips_by_ids(clip_ids)
     batch = retriever.fine.read_batch([(records[i].part, records[i].row) for i in clip_ids])
@@ -68,14 +69,29 @@ def test_index_and_search_apply_the_trained_head(tmp_path, corpus, checkpoint):
                 int(candidates.clip_ids[i]) for i in np.argsort(-coarse)]
 
 
-def test_a_changed_head_is_refused(tmp_path, corpus, checkpoint):
+def test_the_index_keeps_its_own_copy_of_the_checkpoint(tmp_path, corpus, checkpoint):
+    """A training run continued after indexing (or a second demo) overwrites its checkpoint;
+    a moved or copied index still searches; only a change to the index's own copy is
+    refused."""
     directory, _ = checkpoint
-    copy = tmp_path / "checkpoint"
-    shutil.copytree(directory, copy)
+    source = tmp_path / "run" / "checkpoint"
+    shutil.copytree(directory, source)
     index = mgvr.Index(tmp_path / "idx", device="cpu")
-    index.update(corpus / "nested", settle_seconds=0, model_checkpoint=str(copy))
-    assert len(index.search("x")) == 1
-    head_file = copy / "head.safetensors"
+    index.update(corpus / "nested", settle_seconds=0, model_checkpoint=str(source))
+    expected = [(h.clip_id, round(h.score, 5)) for h in index.search("x")]
+    assert len(expected) == 1
+    for name in ("head.safetensors", "clip.safetensors"):  # `mgvr train --resume` rewrote them
+        data = (source / name).read_bytes()
+        (source / name).write_bytes(data[:-4] + b"\0\0\0\0")
+    shutil.rmtree(tmp_path / "run")
+    moved = tmp_path / "elsewhere" / "idx"
+    shutil.copytree(tmp_path / "idx", moved)
+    shutil.rmtree(tmp_path / "idx")
+    result = run_cli("search", "x", "--index", str(moved), "--json")
+    assert result.returncode == 0, result.stderr
+    assert [(h["clip_id"], round(h["score"], 5)) for h in json.loads(result.stdout)["hits"]] \
+        == expected
+    head_file = moved / "model" / "head.safetensors"
     head_file.write_bytes(head_file.read_bytes()[:-4] + b"\0\0\0\0")
-    result = run_cli("search", "x", "--index", str(tmp_path / "idx"))
+    result = run_cli("search", "x", "--index", str(moved))
     assert result.returncode == 2 and "the head changed since the index was built" in result.stderr

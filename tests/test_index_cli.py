@@ -86,7 +86,12 @@ def test_changed_deleted_and_new_files_between_runs(tmp_path, tiny_model):
     make_video(folder / "change.mp4", "mandelbrot", "160x120", 20)  # longer: two clips now
     make_video(folder / "new.mkv", "life", "160x120", 2)
     second = index.update(folder, settle_seconds=0)
-    assert (second.indexed, second.unchanged, second.removed) == (2, 1, 1)
+    # A vanished file is first marked missing (kept: a disk may come back), not removed.
+    assert (second.indexed, second.unchanged, second.missing, second.removed) == (2, 1, 1, 0)
+    assert str(folder / "delete.mp4") in {h.path for h in index.search("x", limit=10)}
+    assert index.update(folder, settle_seconds=0, remove_after_s=60).removed == 0
+    third = index.update(folder, settle_seconds=0, remove_after_s=0)  # past its grace period
+    assert (third.removed, third.missing) == (1, 0)
     hits = index.search("x", limit=10)
     paths = sorted(os.path.basename(h.path) for h in hits)
     assert paths == ["change.mp4", "change.mp4", "keep.mp4", "new.mkv"]
@@ -94,10 +99,16 @@ def test_changed_deleted_and_new_files_between_runs(tmp_path, tiny_model):
     assert new_ids[str(folder / "keep.mp4")] == ids[str(folder / "keep.mp4")]
     assert new_ids[str(folder / "change.mp4")] not in ids.values()
 
+    # An emptied folder (an unmounted disk) removes nothing, whatever the grace period...
     shutil.rmtree(folder)
     folder.mkdir()
-    third = index.update(folder, settle_seconds=0)
-    assert third.removed == 3 and index.search("x") == []
+    refused = index.update(folder, settle_seconds=0, remove_after_s=0)
+    assert (refused.removed, refused.missing) == (0, 0)
+    assert "none of them" in refused.removal_refused
+    assert len(index.search("x", limit=10)) == 4
+    # ... unless the user says the files are really gone.
+    emptied = index.update(folder, settle_seconds=0, remove_after_s=0, max_remove=1.0)
+    assert emptied.removed == 3 and index.search("x") == []
 
 
 def test_python_api_returns_frozen_hits(tmp_path, corpus, tiny_model):

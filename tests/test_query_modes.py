@@ -1,27 +1,24 @@
 """Queries beyond text: by image, "more like this" from a result's frame, and filters (folder,
 file name, modification dates) applied inside the coarse search. Real videos, the real tiny
-open_clip model, real FAISS indexes (exact and IVF) checked against brute force."""
+open_clip model, a real FAISS index checked against brute force. (The selector inside FAISS
+is tested per segment layout in test_coarse_ivf.py.)"""
 
 import datetime as dt
 import json
 import os
 
-import faiss
 import numpy as np
 import pytest
 import torch
 from conftest import ffmpeg, run_cli
 from PIL import Image
+from synthetic import SyntheticSpace, write_index
 
 from mgvr import Index
 from mgvr.config import ModelIdentity
 from mgvr.errors import UsageError
 from mgvr.retriever import Retriever
 from mgvr.retriever.filters import SearchFilter
-from mgvr.retriever.recall import CoarseSearcher, TorchExactSearch
-from mgvr.retriever.synthetic import SyntheticSpace, write_index
-from mgvr.storage.catalog import Catalog
-from mgvr.storage.coarse import CoarseIndex, build_ivf
 
 SAMPLE = "samples/bigbuckbunny.mp4"
 
@@ -159,7 +156,7 @@ def synthetic(tmp_path_factory):
 
 def test_catalog_turns_a_filter_into_clip_ids(synthetic):
     root, _ = synthetic
-    catalog = Catalog(root / "catalog.sqlite", readonly=True)
+    catalog = Retriever(root, device="cpu").catalog
     everything = catalog.clip_ids_matching()
     assert np.array_equal(everything, np.sort(everything)) and len(everything) == 6000
     assert len(catalog.clip_ids_matching(under="/synthetic")) == 6000
@@ -178,10 +175,11 @@ def test_filtered_search_finds_hits_outside_the_unfiltered_top_k(synthetic):
     retriever = Retriever(root, device="cpu")
     query = torch.from_numpy(space.queries(1, np.random.default_rng(1))[0])
     top = {h.clip_id for h in retriever.search_vector(query, 50, 50, True, {})}
-    ids, vectors = CoarseIndex.load(root / "coarse-000001.faiss", DIM).items()
+    records = retriever.catalog.clips_by_ids(retriever.catalog.all_clip_ids())
+    ids = np.array(sorted(records), np.int64)
+    vectors = retriever.fine.read_batch([(records[i].part, records[i].row) for i in ids]).coarse
     rank = dict(zip(ids[np.argsort(-(vectors @ query.numpy()))].tolist(), range(len(ids)),
                     strict=True))
-    records = retriever.catalog.clips_by_ids(ids.tolist())
     best_rank: dict[str, int] = {}
     for clip_id, record in records.items():
         best_rank[record.video_path] = min(rank[clip_id], best_rank.get(record.video_path, 10**9))
@@ -194,42 +192,3 @@ def test_filtered_search_finds_hits_outside_the_unfiltered_top_k(synthetic):
     expected = ids[np.isin(ids, allowed)][np.argsort(-scores)]
     assert [h.clip_id for h in filtered] == expected[:50].tolist()
     assert all(h.path == far_video for h in filtered)
-
-
-def _brute_force(ids, vectors, queries, allowed, k):
-    keep = np.isin(ids, allowed)
-    scores = queries @ vectors[keep].T
-    return ids[keep][np.argsort(-scores, axis=1)[:, :k]]
-
-
-@pytest.mark.parametrize("layout", ["exact", "ivf", "torch"])
-def test_selector_search_matches_brute_force_over_the_allowed_clips(layout):
-    rng = np.random.default_rng(0)
-    space = SyntheticSpace.make(DIM, 30, rank=8)  # clustered, as real clips are
-    ids = rng.permutation(20_000)[:6000].astype(np.int64) + 1
-    vectors = space.clips(6000, 2, rng)[1]
-    queries = space.queries(8, rng)
-    if layout == "ivf":
-        coarse = CoarseIndex(build_ivf(ids, vectors, 64))
-        assert coarse.index.nprobe < 64
-    else:
-        coarse = CoarseIndex.empty(DIM)
-        coarse.add(ids, vectors)
-    searcher = CoarseSearcher(coarse, torch.device("cpu"))
-    if layout == "torch":  # the GPU fallback's code, run on the CPU
-        searcher._torch = TorchExactSearch(coarse, torch.device("cpu"))
-    few = np.sort(rng.choice(ids, 30, replace=False))
-    _, found = searcher.search(queries, 50, few)
-    assert found.shape == (8, 30)  # every allowed clip, though k was 50
-    expected = _brute_force(ids, vectors, queries, few, 30)
-    assert [set(row) for row in found] == [set(row) for row in expected]
-    if layout != "torch":  # float16 there may swap near ties
-        assert np.array_equal(found, expected)
-
-    half = np.sort(rng.choice(ids, 3000, replace=False))
-    _, found = searcher.search(queries, 50, half)
-    assert found.shape == (8, 50) and (found >= 0).all() and np.isin(found, half).all()
-    expected = _brute_force(ids, vectors, queries, half, 50)
-    recall = np.mean([len(set(f) & set(e)) / 50 for f, e in zip(found, expected, strict=True)])
-    assert recall >= (0.95 if layout == "ivf" else 0.99)
-    assert isinstance(coarse.index, faiss.IndexIVF) == (layout == "ivf")

@@ -38,7 +38,7 @@ def test_index_reports_failures_and_exit_code_3(built):
     assert "failed 5" in summary
     assert (index / "mgvr.json").is_file() and (index / "catalog.sqlite").is_file()
     assert list((index / "fine").glob("part-*.parquet"))
-    assert list(index.glob("coarse-*.faiss"))
+    assert list(index.glob("coarse/seg-*.faiss"))
 
 
 def test_search_prints_paths_time_ranges_and_json(built):

@@ -1,12 +1,25 @@
-"""Real FAISS, Parquet and SQLite files on disk."""
+"""Real Parquet, SQLite and FAISS files on disk: the fine store, the catalog, the commit."""
+
+import os
+import sqlite3
 
 import numpy as np
 import pytest
 
-from mgvr.storage.catalog import Catalog, NewClip, VideoUpdate
-from mgvr.storage.coarse import CoarseIndex
-from mgvr.storage.fine import ROW_GROUP_SIZE, FinePartWriter, FineReader, FineRow
+from mgvr.errors import IndexDamagedError
+from mgvr.storage.catalog import Catalog, NewClip, SegmentRecord, VideoUpdate
+from mgvr.storage.commit import Commit
+from mgvr.storage.fine import (
+    ROW_GROUP_SIZE,
+    ClipInfo,
+    FinePartWriter,
+    FineReader,
+    FineRow,
+    iter_part_rows,
+    sidecar_path,
+)
 from mgvr.storage.layout import IndexLayout, default_index_dir
+from mgvr.storage.maintenance import remove_orphans, unregistered_files
 
 
 def _unit(rng, *shape):
@@ -14,43 +27,20 @@ def _unit(rng, *shape):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def test_faiss_top_k_equals_brute_force_after_removals_and_reload(tmp_path):
-    rng = np.random.default_rng(0)
-    vectors, queries = _unit(rng, 2000, 48), _unit(rng, 20, 48)
-    ids = np.arange(100, 2100, dtype=np.int64)
-    index = CoarseIndex.empty(48)
-    index.add(ids, vectors)
-    removed = list(range(100, 2100, 7))
-    assert index.remove(removed) == len(removed)
-    index.save(tmp_path / "coarse-000001.faiss")
-    loaded = CoarseIndex.load(tmp_path / "coarse-000001.faiss", 48)
-
-    keep = ~np.isin(ids, removed)
-    exact = queries @ vectors[keep].T
-    expected_ids = ids[keep][np.argsort(-exact, axis=1)[:, :25]]
-    scores, found = loaded.search(queries, 25)
-    assert np.array_equal(found, expected_ids)
-    assert np.allclose(scores, np.sort(exact, axis=1)[:, ::-1][:, :25], atol=1e-5)
-    assert set(loaded.ids()) == set(ids[keep])
+def _row(rng, clip_id, n, dim=32, path="/v/a.mp4"):
+    return FineRow(clip_id, np.arange(n, dtype=np.float32) * 0.5,
+                   _unit(rng, n, dim).astype(np.float16), _unit(rng, dim),
+                   ClipInfo(path, clip_id, 0.0, 5.0, 100, 7, "key", 5.0, 64, 48),
+                   b"jpeg-bytes" * n)
 
 
-def test_search_on_small_index_returns_what_there_is():
-    index = CoarseIndex.empty(8)
-    scores, found = index.search(np.ones((1, 8), np.float32), 5)
-    assert found.shape == (1, 0)
-    index.add(np.array([3, 9]), np.eye(8, dtype=np.float32)[:2])
-    scores, found = index.search(np.eye(8, dtype=np.float32)[1:2], 5)
-    assert list(found[0]) == [9, 3]
-
-
-def test_fine_rows_round_trip_across_row_groups(tmp_path):
+def test_fine_rows_round_trip_across_row_groups_with_their_clip_info(tmp_path):
     rng = np.random.default_rng(1)
     writer = FinePartWriter(tmp_path / "part-000001.parquet", {"dim": 32})
     rows = []
     for clip_id in range(ROW_GROUP_SIZE * 2 + 5):
-        n = int(rng.integers(1, 13))
-        row = FineRow(clip_id, np.arange(n, dtype=np.float32) * 0.5,
-                      _unit(rng, n, 32).astype(np.float16), _unit(rng, 32))
+        row = _row(rng, clip_id, int(rng.integers(1, 13)),
+                   path=os.fsdecode(b"/v/bad\xff name.mp4"))
         assert writer.append(row) == clip_id
         rows.append(row)
     assert not (tmp_path / "part-000001.parquet").exists()  # invisible until closed
@@ -62,24 +52,49 @@ def test_fine_rows_round_trip_across_row_groups(tmp_path):
     got = reader.read([("part-000001.parquet", i) for i in wanted])
     for clip_id, row in zip(wanted, got, strict=True):
         assert row.clip_id == clip_id
-        assert row.features.dtype == np.float16
         assert np.array_equal(row.features, rows[clip_id].features)
         assert np.array_equal(row.frame_times, rows[clip_id].frame_times)
         assert np.allclose(row.coarse, rows[clip_id].coarse)
+    back = list(iter_part_rows(tmp_path / "part-000001.parquet", 32))
+    assert [r.clip for r in back] == [r.clip for r in rows]  # the non-UTF-8 path exactly
+    assert back[3].thumbnails == rows[3].thumbnails
+    assert reader.read_thumbnails("part-000001.parquet", 70) == rows[70].thumbnails
 
 
-def test_catalog_replaces_and_removes_files(tmp_path):
-    catalog = Catalog(tmp_path / "catalog.sqlite")
-    clips = (NewClip(1, 0, 0.0, 5.0, 12, "part-000001.parquet", 0),
-             NewClip(2, 1, 5.0, 10.0, 12, "part-000001.parquet", 1))
+def test_a_damaged_sidecar_row_is_refused_not_used(tmp_path):
+    rng = np.random.default_rng(2)
+    writer = FinePartWriter(tmp_path / "part-000001.parquet", {"dim": 32, "frames_per_clip": 4})
+    for clip_id in range(10):
+        writer.append(_row(rng, clip_id, 4))
+    writer.close()
+    sidecar = sidecar_path(tmp_path / "part-000001.parquet")
+    data = bytearray(sidecar.read_bytes())
+    data[-100] ^= 0x40  # one feature byte of the last row
+    sidecar.write_bytes(bytes(data))
+    reader = FineReader(tmp_path, 32)
+    assert len(reader.read([("part-000001.parquet", 3)])) == 1  # an intact row still reads
+    with pytest.raises(IndexDamagedError, match="row 9 fails its checksum"):
+        reader.read([("part-000001.parquet", 3), ("part-000001.parquet", 9)])
+
+
+def _catalog_with_clips(tmp_path):
+    catalog = Catalog.create(tmp_path / "catalog.sqlite")
+    clips = (NewClip(1, 0, 0.0, 5.0, 12, "part-000001.parquet", 0, "seg-000001.faiss"),
+             NewClip(2, 1, 5.0, 10.0, 12, "part-000001.parquet", 1, "seg-000001.faiss"))
     with catalog.transaction():
         catalog.add_part("part-000001.parquet", 2)
+        catalog.add_segment(SegmentRecord("seg-000001.faiss", "flat", 2, None, None, None))
         catalog.apply(VideoUpdate("/v/a.mp4", 10, 1, "indexed", clips))
         catalog.apply(VideoUpdate("/v/ab/b.mp4", 10, 1, "failed", reason="corrupt",
                                   error="bad"))
         catalog.apply(VideoUpdate("/vx/c.mp4", 10, 1, "failed", reason="corrupt", error="bad"))
         catalog.set_next_clip_id(3)
         catalog.set_generation(1)
+    return catalog
+
+
+def test_catalog_removals_become_tombstones_of_their_segment(tmp_path):
+    catalog = _catalog_with_clips(tmp_path)
     assert sorted(catalog.videos_under("/v")) == ["/v/a.mp4", "/v/ab/b.mp4"]  # not /vx
     assert catalog.clips_by_ids([2])[2].video_path == "/v/a.mp4"
     assert catalog.clip_ids_of("/v/a.mp4") == [1, 2]
@@ -87,8 +102,87 @@ def test_catalog_replaces_and_removes_files(tmp_path):
     with catalog.transaction():
         assert catalog.remove_video("/v/a.mp4") == [1, 2]
     assert catalog.clips_by_ids([1, 2]) == {}
-    assert catalog.counts() == {"videos_indexed": 0, "videos_failed": 2, "clips": 0, "parts": 1}
+    assert catalog.tombstones("seg-000001.faiss") == [1, 2]
+    counts = catalog.counts()
+    assert (counts["videos_indexed"], counts["videos_failed"], counts["clips"],
+            counts["tombstones"]) == (0, 2, 0, 2)
+    with catalog.transaction():
+        catalog.remove_segments(["seg-000001.faiss"])  # a merge replaced it
+    assert catalog.tombstones() == []
     assert (catalog.generation(), catalog.next_clip_id()) == (1, 3)
+
+
+def test_a_missing_empty_or_garbage_catalog_is_damage_not_an_empty_index(tmp_path):
+    path = tmp_path / "catalog.sqlite"
+    with pytest.raises(IndexDamagedError, match="missing"):
+        Catalog(path)
+    path.write_bytes(b"")
+    with pytest.raises(IndexDamagedError, match="empty file.*verify --repair"):
+        Catalog(path)
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(IndexDamagedError, match="not a readable mgvr catalog"):
+        Catalog(path, readonly=True)
+    path.unlink()
+    sqlite3.connect(path).execute("CREATE TABLE x (y)").connection.commit()
+    with pytest.raises(IndexDamagedError, match="not a readable mgvr catalog"):
+        Catalog(path)
+
+
+def test_a_read_only_catalog_can_be_read(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    _catalog_with_clips(folder).close()
+    os.chmod(folder / "catalog.sqlite", 0o444)
+    os.chmod(folder, 0o555)
+    try:
+        catalog = Catalog(folder / "catalog.sqlite", readonly=True)
+        assert catalog.clip_ids_of("/v/a.mp4") == [1, 2]
+        assert sorted(p.name for p in folder.iterdir()) == ["catalog.sqlite"]  # no -shm/-wal
+    finally:
+        os.chmod(folder, 0o755)
+
+
+def test_a_commit_is_all_or_nothing_and_leaves_only_orphans_when_aborted(tmp_path):
+    layout = IndexLayout(tmp_path)
+    catalog = Catalog.create(layout.catalog)
+    rng = np.random.default_rng(3)
+    with pytest.raises(RuntimeError), Commit(layout, catalog) as commit:
+        name, writer = commit.new_part({"dim": 32})
+        writer.append(_row(rng, 1, 3))
+        commit.add_part(name, writer)
+        commit.add_segment(np.array([1]), _unit(rng, 1, 32))
+        raise RuntimeError("an error before apply(): nothing registered, files removed")
+    assert catalog.generation() == 0 and not layout.data_files()
+
+    commit = Commit(layout, catalog)
+    name, writer = commit.new_part({"dim": 32})
+    writer.append(_row(rng, 1, 3))
+    commit.add_part(name, writer)
+    record = commit.add_segment(np.array([1]), _unit(rng, 1, 32))
+    # Killed here: files on disk, catalog untouched; they are this catalog's orphans.
+    assert catalog.generation() == 0
+    orphans, foreign = unregistered_files(layout, catalog)
+    assert {p.name for p in orphans} == {name, "part-000001.rows.npy", record.name}
+    assert foreign == []
+    assert len(remove_orphans(layout, catalog)) == 3 and not layout.data_files()
+
+
+def test_parts_of_another_catalog_are_kept_not_deleted_as_orphans(tmp_path):
+    layout = IndexLayout(tmp_path)
+    catalog = Catalog.create(layout.catalog)
+    rng = np.random.default_rng(4)
+    commit = Commit(layout, catalog)
+    name, writer = commit.new_part({"dim": 32})
+    writer.append(_row(rng, 1, 3))
+    commit.add_part(name, writer)
+    commit.apply()
+    catalog.close()
+    layout.catalog.unlink()  # the catalog is replaced by a new, empty one
+    fresh = Catalog.create(layout.catalog)
+    orphans, foreign = unregistered_files(layout, fresh)
+    assert orphans == [] and {p.name for p in foreign} == {name, "part-000001.rows.npy"}
+    remove_orphans(layout, fresh)
+    assert (tmp_path / "fine" / name).is_file()
 
 
 def test_index_location_precedence(tmp_path, monkeypatch):
@@ -98,18 +192,7 @@ def test_index_location_precedence(tmp_path, monkeypatch):
     monkeypatch.delenv("MGVR_INDEX")
     assert "mgvr" in str(default_index_dir(None))
     layout = IndexLayout(tmp_path)
-    layout.coarse(3).write_bytes(b"")
-    layout.coarse(12).write_bytes(b"")
-    assert layout.coarse_generations() == [3, 12]
-
-
-@pytest.mark.parametrize("dim", [16])
-def test_coarse_load_refuses_wrong_dimension(tmp_path, dim):
-    from mgvr.errors import IncompatibleIndexError
-
-    CoarseIndex.empty(dim).save(tmp_path / "c.faiss")
-    with pytest.raises(IncompatibleIndexError, match="dims"):
-        CoarseIndex.load(tmp_path / "c.faiss", dim * 2)
-    (tmp_path / "broken.faiss").write_bytes(b"garbage")
-    with pytest.raises(IncompatibleIndexError, match="unreadable"):
-        CoarseIndex.load(tmp_path / "broken.faiss", dim)
+    layout.coarse_dir.mkdir()
+    (layout.coarse_dir / layout.segment_name(3)).write_bytes(b"")
+    (layout.coarse_dir / layout.segment_name(12)).write_bytes(b"")
+    assert layout.numbered_files("segment") == [3, 12]

@@ -102,7 +102,7 @@ def test_frame_cache_reports_undecodable_videos(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video")
     failures = FrameCache(tmp_path / "cache", FrameRecipe(32), 4).fill([bad])
-    assert list(failures) == [0] and failures[0].reason == "corrupt"
+    assert list(failures) == [0] and failures[0].reason == "not-a-video"
 
 
 def test_stack_frames_pads_short_clips():

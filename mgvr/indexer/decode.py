@@ -27,6 +27,7 @@ FFPROBE_ENV = "MGVR_FFPROBE"
 IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif_pipe",
                  "tiff_pipe", "svg_pipe", "ppm_pipe", "pgm_pipe", "pam_pipe", "qoi_pipe"}
 STILL_CODECS = {"mjpeg", "png", "bmp", "gif", "webp", "tiff"}
+INPUT_PLACEHOLDER = "mgvr-input-placeholder"
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,14 @@ def probe(path: str, timeout_s: float) -> VideoInfo:
     """Read duration, display size and rotation of the first video stream."""
     if not os.access(path, os.R_OK):
         raise DecodeError(path, "permission-denied", "file is not readable")
+    if os.path.getsize(path) == 0:
+        raise DecodeError(path, "empty", "the file is empty (0 bytes)")
     # ffmpeg.probe() has no timeout, so run ffprobe directly.
     result = _run([tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format",
                    "-show_streams", path], path, timeout_s)
     if result.returncode != 0:
+        if _looks_like_text(path):
+            raise DecodeError(path, "not-a-video", "a text file, not a video")
         raise DecodeError(path, "corrupt", _last_error_line(result.stderr, path))
     try:
         data = json.loads(result.stdout)
@@ -130,6 +135,17 @@ def probe(path: str, timeout_s: float) -> VideoInfo:
         raise DecodeError(path, "zero-frames", "no video duration and no video packets")
     return VideoInfo(duration, width, height, rotation, stream.get("codec_name", "?"),
                      _rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate")))
+
+
+def _looks_like_text(path: str) -> bool:
+    """The first KiB is printable UTF-8 text (a note or a playlist named like a video)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+        text = head.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return all(c.isprintable() or c in "\r\n\t" for c in text)
 
 
 def _rate(value: object) -> float:
@@ -234,9 +250,10 @@ def frame_filter(stream, info: VideoInfo, recipe: FrameRecipe):
     return stream.filter("crop", size, size, x, y, exact=1)
 
 
-def sampled_stream(path: str, info: VideoInfo, span: ClipSpan, frames: int,
-                   skip_non_reference: bool = True):
-    """ffmpeg's stream of the `frames` sampled frames of a clip, at full size.
+def sampled_stream(info: VideoInfo, span: ClipSpan, frames: int,
+                   skip_non_reference: bool = True, centred: bool = True):
+    """ffmpeg's stream of the `frames` sampled frames of a clip, at full size (the input is
+    the placeholder INPUT_PLACEHOLDER, replaced by the file's path in the command).
 
     The fps filter, started at the clip's start, emits for each sample time the last frame
     before it; starting half a frame interval later makes that the last frame no later than
@@ -248,49 +265,78 @@ def sampled_stream(path: str, info: VideoInfo, span: ClipSpan, frames: int,
     already runs one ffmpeg per worker, and more threads would only compete with them.
     """
     step = (span.end_s - span.start_s) / frames
-    half_frame = min(0.5 / info.frame_rate, step / 2) if info.frame_rate else 0.0
+    half_frame = min(0.5 / info.frame_rate, step / 2) if info.frame_rate and centred else 0.0
     options = {"ss": f"{span.start_s + half_frame:.6f}", "threads": 1}
     if skip_non_reference:
         options["skip_frame"] = "noref"
-    return (ffmpeg.input(path, **options).video
+    return (ffmpeg.input(INPUT_PLACEHOLDER, **options).video
             .filter("fps", fps=f"{1.0 / step:.9f}", eof_action="pass"))
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One way of running ffmpeg over a clip (see decode_clip)."""
+
+    skip_non_reference: bool
+    centred: bool  # start half a frame late, so each sample takes its nearest frame
+
+
+_PASSES = (_Pass(True, True), _Pass(False, True), _Pass(False, False))
+
+
+def _decode_pass(path: str, info: VideoInfo, span: ClipSpan, frames: int, recipe: FrameRecipe,
+                 timeout_s: float, how: _Pass) -> tuple[subprocess.CompletedProcess, bytes]:
+    stream = frame_filter(sampled_stream(info, span, frames, how.skip_non_reference,
+                                         how.centred), info, recipe)
+    command = (stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=frames)
+               .global_args("-nostdin", "-v", "error")
+               .compile(cmd=tool("ffmpeg")))
+    # The path goes in after ffmpeg-python built the command: as bytes, any name the file
+    # system allows (even one that is not UTF-8) reaches ffmpeg unchanged.
+    command = [os.fsencode(path) if arg == INPUT_PLACEHOLDER else arg for arg in command]
+    result = _run(command, path, timeout_s)
+    return result, result.stdout
 
 
 def decode_clip(path: str, info: VideoInfo, span: ClipSpan, frames: int, recipe: FrameRecipe,
                 timeout_s: float, skip_non_reference: bool = True) -> DecodedClip:
     """Decode `frames` frames sampled uniformly over the clip, resized for the model.
 
-    Variable frame rates and odd sizes need no special handling (see sampled_stream). If
-    skipping non-reference frames leaves fewer frames than asked for and ffmpeg did not fail,
-    the clip is decoded again without skipping, within what is left of `timeout_s`, and the
-    pass with more frames is kept.
+    Variable frame rates and odd sizes need no special handling (see sampled_stream). The first
+    pass skips non-reference frames; if it gives fewer frames than asked for and ffmpeg did not
+    fail, the clip is decoded again without skipping, and if that gives none (a video of one
+    frame at t=0 lies before the half-frame start), once more from the clip's very start, each
+    within what is left of `timeout_s`; the pass with the most frames is kept.
+    `skip_non_reference=False` starts with exact decoding.
     """
     started = time.monotonic()
-    stream = frame_filter(sampled_stream(path, info, span, frames, skip_non_reference), info,
-                          recipe)
-    command = (stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=frames)
-               .global_args("-nostdin", "-v", "error")
-               .compile(cmd=tool("ffmpeg")))
-    result = _run(command, path, timeout_s)
     size = recipe.image_size
     frame_bytes = size * size * 3
-    count = len(result.stdout) // frame_bytes
-    left_s = timeout_s - (time.monotonic() - started)
-    if skip_non_reference and count < frames and result.returncode == 0 and left_s > 0:
+    best, first = b"", None
+    for attempt, how in enumerate(_PASSES if skip_non_reference else _PASSES[1:]):
+        left_s = timeout_s - (time.monotonic() - started)
+        if attempt and left_s <= 0:
+            break
         try:
-            again = decode_clip(path, info, span, frames, recipe, left_s,
-                                skip_non_reference=False)
-            if len(again.frames) > count:
-                return again
+            result, pixels = _decode_pass(path, info, span, frames, recipe, left_s, how)
         except DecodeError:
-            pass  # the first pass's frames stand
-    if result.returncode != 0 and count == 0:
-        raise DecodeError(path, _failure_reason(result.stderr), _last_error_line(result.stderr,
-                                                                                path))
+            if attempt == 0:
+                raise
+            break  # the frames of an earlier pass stand
+        first = first or result
+        if len(pixels) // frame_bytes > len(best) // frame_bytes:
+            best = pixels
+        count = len(best) // frame_bytes
+        if result.returncode != 0 or count >= frames or (not how.skip_non_reference and count):
+            break
+    count = len(best) // frame_bytes
+    if count == 0 and first.returncode != 0:
+        raise DecodeError(path, _failure_reason(first.stderr), _last_error_line(first.stderr,
+                                                                               path))
     if count == 0:
         raise DecodeError(path, "zero-frames",
                           f"no frame decoded at {span.start_s:.1f}-{span.end_s:.1f}s")
-    pixels = np.frombuffer(result.stdout[:count * frame_bytes], np.uint8)
+    pixels = np.frombuffer(best[:count * frame_bytes], np.uint8)
     times = sample_times(span, frames)
     return DecodedClip(span, pixels.reshape(count, size, size, 3), times[:count])
 

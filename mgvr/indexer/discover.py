@@ -51,11 +51,15 @@ class Plan:
     changed: list[FileEntry] = field(default_factory=list)
     retried: list[FileEntry] = field(default_factory=list)
     moved: list[tuple[VideoRecord, FileEntry]] = field(default_factory=list)
+    restored: list[tuple[VideoRecord, FileEntry]] = field(default_factory=list)  # back, unchanged
     deferred: list[FileEntry] = field(default_factory=list)  # still being written
     unchanged: int = 0
     skipped_failed: int = 0
-    removed: list[VideoRecord] = field(default_factory=list)
+    known: int = 0  # files of the index under this folder before the run
+    vanished: list[VideoRecord] = field(default_factory=list)  # recorded, not found this time
+    kept_unreadable: int = 0  # recorded files under folders that could not be read: kept
     unreadable_dirs: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why not a file)
 
     @property
     def to_index(self) -> list[FileEntry]:
@@ -80,10 +84,18 @@ def is_candidate(path: str) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS or _sniff(path)
 
 
-def walk(root: Path, unreadable_dirs: list[str]) -> Iterator[FileEntry]:
-    """Regular files under root (symlinked files followed, symlinked folders not: no loops)."""
-    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: unreadable_dirs.append(
-            f"{e.filename}: {e.strerror}")):
+_NOT_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def walk(root: Path, plan: Plan) -> Iterator[FileEntry]:
+    """Regular files under root (symlinked files followed, symlinked folders not: no loops).
+    Folders that cannot be read go to `plan.unreadable_dirs`, entries that are not regular
+    files (pipes, sockets, devices, links to them) to `plan.skipped`."""
+    def unreadable(error: OSError) -> None:
+        plan.unreadable_dirs.append(error.filename)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
@@ -95,6 +107,10 @@ def walk(root: Path, unreadable_dirs: list[str]) -> Iterator[FileEntry]:
                 continue
             if stat.S_ISREG(info.st_mode):
                 yield FileEntry(path, info.st_size, info.st_mtime_ns)
+                continue
+            kind = next((what for test, what in _NOT_FILES if test(info.st_mode)), None)
+            if kind:
+                plan.skipped.append((path, f"not a regular file: {kind}"))
 
 
 def content_key(path: str, size: int) -> str | None:
@@ -125,18 +141,25 @@ def still_same(entry: FileEntry) -> bool:
     return (info.st_size, info.st_mtime_ns) == (entry.size, entry.mtime_ns)
 
 
+def _under(path: str, folders: list[str]) -> bool:
+    return any(path.startswith(folder.rstrip("/") + "/") for folder in folders)
+
+
 def plan(root: Path, catalog: Catalog, retry_failed: bool = False,
          settle_seconds: float = 0.0) -> Plan:
     result = Plan()
     known = catalog.videos_under(str(root))
+    result.known = sum(1 for r in known.values() if r.status != "failed")
     seen: set[str] = set()
-    for entry in walk(root, result.unreadable_dirs):
+    for entry in walk(root, result):
         record = known.get(entry.path)
         if record is not None:
             seen.add(entry.path)
             if (record.size, record.mtime_ns) == (entry.size, entry.mtime_ns):
                 if record.status == "indexed":
                     result.unchanged += 1
+                elif record.status == "missing":
+                    result.restored.append((record, entry))
                 elif retry_failed:
                     result.retried.append(entry)
                 else:
@@ -150,8 +173,10 @@ def plan(root: Path, catalog: Catalog, retry_failed: bool = False,
             result.new.append(entry)
         else:
             result.changed.append(entry)
-    removed = [record for path, record in known.items() if path not in seen]
-    result.removed, result.new = _match_moves(removed, result.new, result.moved)
+    gone = [record for path, record in known.items() if path not in seen]
+    result.kept_unreadable = sum(1 for r in gone if _under(r.path, result.unreadable_dirs))
+    gone = [r for r in gone if not _under(r.path, result.unreadable_dirs)]
+    result.vanished, result.new = _match_moves(gone, result.new, result.moved)
     return result
 
 

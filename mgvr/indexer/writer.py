@@ -1,27 +1,23 @@
-"""IndexWriter: stages file outcomes and commits them as one new generation.
+"""IndexWriter: stages file outcomes and commits them as one new generation (storage.Commit).
 
-A commit closes the open Parquet part, writes the next FAISS generation beside the current one,
-then makes both current in one SQLite transaction. Until that transaction, readers and a
-restarted run see the previous generation only; files of an unfinished commit are orphans that
-`remove_orphans` deletes at the next start.
+A commit closes the open Parquet part, writes one new coarse segment holding only the vectors it
+adds, then makes both current in one SQLite transaction together with the catalog changes
+(removed files become tombstones of their segments). Local runs and the Ray driver both commit
+through this class, so there is one way of making a generation.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from mgvr.config import IndexConfig
 from mgvr.storage.catalog import Catalog, NewClip, VideoUpdate
-from mgvr.storage.coarse import CoarseIndex
-from mgvr.storage.fine import FinePartWriter, FineRow
+from mgvr.storage.commit import Commit
+from mgvr.storage.fine import ClipInfo, FinePartWriter, FineRow, part_metadata
 from mgvr.storage.layout import IndexLayout
-from mgvr.storage.maintenance import part_metadata
-
-KEEP_PREVIOUS_GENERATIONS = 1  # readers that opened the previous generation keep working
 
 
 @dataclass(frozen=True)
@@ -32,113 +28,137 @@ class EncodedClip:
     frame_times: np.ndarray  # (n,) float32
     features: np.ndarray  # (n, D) float32, normalised
     coarse: np.ndarray  # (D,) float32, normalised
+    thumbnails: bytes = b""  # JPEG sprite of the sampled frames (indexer.thumbnails)
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What a run knows of a file it indexes."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    content_key: str | None
+    duration_s: float | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class _Staged:
+    facts: FileFacts
+    clips: list[tuple[int, EncodedClip, int]] = field(default_factory=list)  # id, clip, row
 
 
 class IndexWriter:
-    def __init__(self, layout: IndexLayout, catalog: Catalog, config: IndexConfig,
-                 coarse: CoarseIndex) -> None:
+    def __init__(self, layout: IndexLayout, catalog: Catalog, config: IndexConfig) -> None:
         self.layout = layout
         self.catalog = catalog
         self.config = config
-        self.coarse = coarse
         self.next_clip_id = catalog.next_clip_id()
-        self._part: FinePartWriter | None = None
-        self._part_name: str | None = None
+        self._commit = Commit(layout, catalog)
+        self._part: tuple[str, FinePartWriter] | None = None
         self._removals: list[str] = []
-        # Vectors of replaced or deleted files, removed in one pass per commit: each removal
-        # scans the whole FAISS index.
-        self._stale_clip_ids: list[int] = []
         self._moves: list[tuple[str, str, int, int]] = []
-        self._updates: list[VideoUpdate] = []
+        self._missing: list[str] = []
+        self._failures: list[VideoUpdate] = []
+        self._added: list[_Staged] = []
         self.clips_added = 0
         self.staged_clips = 0
+        self.generations = 0  # commits made
         self.last_commit = time.monotonic()
 
-    def _drop_existing(self, path: str) -> None:
-        """Schedule a file's old clips to leave the coarse index and catalog at commit."""
-        clip_ids = self.catalog.clip_ids_of(path)
-        if clip_ids is not None:
-            self._stale_clip_ids += clip_ids
-            self._removals.append(path)
-
     def remove(self, path: str) -> None:
-        self._drop_existing(path)
+        """Forget a file: its clips become tombstones at commit."""
+        self._removals.append(path)
 
     def move(self, old_path: str, new_path: str, size: int, mtime_ns: int) -> None:
-        """A renamed file keeps its clips and vectors; only its catalog path changes."""
+        """A renamed file (or one back from missing) keeps its clips and vectors; only its
+        catalog record changes."""
         self._moves.append((old_path, new_path, size, mtime_ns))
 
-    def fail(self, path: str, size: int, mtime_ns: int, content_key: str | None, reason: str,
-             error: str) -> None:
-        self._drop_existing(path)
-        self._updates.append(VideoUpdate(path, size, mtime_ns, "failed", content_key=content_key,
-                                         reason=reason, error=error))
+    def mark_missing(self, paths: list[str]) -> None:
+        self._missing += paths
 
-    def add(self, path: str, size: int, mtime_ns: int, content_key: str | None,
-            clips: list[EncodedClip], duration_s: float, width: int, height: int) -> None:
-        self._drop_existing(path)
-        part = self._open_part()
-        new_clips = []
+    def fail(self, facts: FileFacts, reason: str, error: str) -> None:
+        self._drop_existing(facts.path)
+        self._failures.append(VideoUpdate(facts.path, facts.size, facts.mtime_ns, "failed",
+                                          content_key=facts.content_key, reason=reason,
+                                          error=error))
+
+    def add(self, facts: FileFacts, clips: list[EncodedClip]) -> None:
+        self._drop_existing(facts.path)
+        if self._part is None:
+            self._part = self._commit.new_part(part_metadata(self.config))
+        writer = self._part[1]
+        staged = _Staged(facts)
         for clip in clips:
             clip_id = self.next_clip_id
             self.next_clip_id += 1
-            row = part.append(FineRow(clip_id, clip.frame_times, clip.features.astype(np.float16),
-                                      clip.coarse))
-            new_clips.append(NewClip(clip_id, clip.index, clip.start_s, clip.end_s,
-                                     len(clip.frame_times), self._part_name, row))
-        self.coarse.add(np.array([c.id for c in new_clips], np.int64),
-                        np.stack([clip.coarse for clip in clips]))
-        self._updates.append(VideoUpdate(path, size, mtime_ns, "indexed", tuple(new_clips),
-                                         content_key=content_key, duration_s=duration_s,
-                                         width=width, height=height))
-        self.staged_clips += len(new_clips)
+            info = ClipInfo(facts.path, clip.index, clip.start_s, clip.end_s, facts.size,
+                            facts.mtime_ns, facts.content_key, facts.duration_s, facts.width,
+                            facts.height)
+            row = writer.append(FineRow(clip_id, clip.frame_times,
+                                        clip.features.astype(np.float16), clip.coarse, info,
+                                        clip.thumbnails))
+            staged.clips.append((clip_id, clip, row))
+        self._added.append(staged)
+        self.staged_clips += len(clips)
 
-    def _open_part(self) -> FinePartWriter:
-        if self._part is None:
-            self._part_name = self.layout.fine_part_name(self.catalog.next_part_number())
-            self._part = FinePartWriter(self.layout.fine_part(self._part_name),
-                                        part_metadata(self.config))
-        return self._part
+    def _drop_existing(self, path: str) -> None:
+        """A file indexed before and now re-indexed (or failing): its old clips go at commit."""
+        if self.catalog.clip_ids_of(path) is not None:
+            self._removals.append(path)
 
     def pending(self) -> bool:
-        return bool(self._removals or self._moves or self._updates)
+        return bool(self._removals or self._moves or self._missing or self._failures
+                    or self._added)
 
     def commit(self) -> None:
         """Make everything staged durable and visible as the next generation."""
         if not self.pending():
             return
-        part_rows = 0
+        commit = self._commit
+        segment = None
         if self._part is not None:
-            self._part.close()
-            part_rows = self._part.rows
-        self.coarse.remove(self._stale_clip_ids)
-        generation = self.layout.next_generation(self.catalog.generation())
-        self.coarse.save(self.layout.coarse(generation))
-        with self.catalog.transaction():
-            for path in self._removals:
-                self.catalog.remove_video(path)
-            for old_path, new_path, size, mtime_ns in self._moves:
-                self.catalog.move_video(old_path, new_path, size, mtime_ns)
-            if self._part is not None:
-                self.catalog.add_part(self._part_name, part_rows)
-            for update in self._updates:
-                self.catalog.apply(update)
-            self.catalog.set_next_clip_id(self.next_clip_id)
-            self.catalog.set_generation(generation)
-        for old in self.layout.coarse_generations():
-            if old < generation - KEEP_PREVIOUS_GENERATIONS:
-                self.layout.coarse(old).unlink(missing_ok=True)
+            commit.add_part(*self._part)
+            ids = np.array([clip_id for s in self._added for clip_id, _, _ in s.clips], np.int64)
+            vectors = np.stack([clip.coarse for s in self._added for _, clip, _ in s.clips])
+            segment = commit.add_segment(ids, vectors).name
+        part = self._part[0] if self._part else None
+        updates = self._failures + [
+            VideoUpdate(s.facts.path, s.facts.size, s.facts.mtime_ns, "indexed",
+                        tuple(NewClip(clip_id, clip.index, clip.start_s, clip.end_s,
+                                      len(clip.frame_times), part, row, segment)
+                              for clip_id, clip, row in s.clips),
+                        content_key=s.facts.content_key, duration_s=s.facts.duration_s,
+                        width=s.facts.width, height=s.facts.height)
+            for s in self._added]
+        removals, moves, missing = list(self._removals), list(self._moves), list(self._missing)
+        next_clip_id = self.next_clip_id
+
+        def edit(catalog: Catalog) -> None:
+            for path in removals:
+                catalog.remove_video(path)
+            for old_path, new_path, size, mtime_ns in moves:
+                catalog.move_video(old_path, new_path, size, mtime_ns)
+            catalog.mark_missing(missing, time.time())
+            for update in updates:
+                catalog.apply(update)
+            catalog.set_next_clip_id(next_clip_id)
+
+        commit.change(edit)
+        commit.apply()
+        self.generations += 1
         self.clips_added += self.staged_clips
         self.staged_clips = 0
+        self._commit = Commit(self.layout, self.catalog)
         self._part = None
-        self._part_name = None
-        self._removals.clear()
-        self._stale_clip_ids.clear()
-        self._moves.clear()
-        self._updates.clear()
+        for staged in (self._removals, self._moves, self._missing, self._failures, self._added):
+            staged.clear()
         self.last_commit = time.monotonic()
 
     def abort(self) -> None:
-        if self._part is not None:
-            with contextlib.suppress(Exception):
-                self._part.abort()
+        """Drop what was staged since the last commit (the files it wrote included)."""
+        self._commit.abort()
+        self._part = None

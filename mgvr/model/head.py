@@ -14,6 +14,8 @@ the head an index or a search needs; `head_frames` turns raw frame features into
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -191,6 +193,22 @@ def save_checkpoint(directory: Path, clip_model: nn.Module, clip_name: str,
     config = {"format": CHECKPOINT_FORMAT, "clip_model": model_arg, "clip_weights": CLIP_WEIGHTS,
               "head": asdict(head.config), **(extra or {})}
     (directory / CHECKPOINT_CONFIG).write_text(json.dumps(config, indent=2))
+
+
+def copy_checkpoint(source: Path, destination: Path) -> None:
+    """Copy the model files of a checkpoint (not its trainer state) into `destination`, which
+    must not exist yet; written under a temporary name and renamed, so it is whole or absent."""
+    source = Path(source)
+    config = read_checkpoint_config(source)
+    names = [CHECKPOINT_CONFIG, HEAD_WEIGHTS, config["clip_weights"]]
+    if config["clip_model"].endswith(".json"):
+        names.append(config["clip_model"])
+    tmp = destination.with_name(destination.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in names:
+        shutil.copyfile(source / name, tmp / name)
+    os.replace(tmp, destination)
 
 
 def read_checkpoint_config(directory: Path) -> dict[str, Any]:

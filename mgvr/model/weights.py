@@ -9,7 +9,6 @@ user is told how to supply the weights instead of waiting through retries.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -23,6 +22,7 @@ from open_clip.pretrained import get_pretrained_cfg
 from open_clip.transform import merge_preprocess_dict
 
 from mgvr.errors import ModelLoadError, UsageError
+from mgvr.hashing import sha256_file
 
 RANDOM_INIT = "none"
 HUB_HOST = "huggingface.co"
@@ -155,11 +155,7 @@ def file_sha256(path: Path) -> str:
         cache = {}
     if key in cache:
         return cache[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    cache[key] = digest.hexdigest()
+    cache[key] = sha256_file(path)
     with contextlib.suppress(OSError):
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")

@@ -1,24 +1,27 @@
-"""First stage: top-k clips by coarse score, on FAISS (CPU or GPU) or as exact torch search on GPU.
+"""First stage: top-k clips by coarse score over the index's immutable segments.
 
-On the CPU the index's own layout is searched (exact below IVF_MIN_CLIPS clips, IVF above; see
-`mgvr.storage.coarse`). On a GPU, FAISS GPU is used when the installed faiss was built with it;
-otherwise every vector goes to the GPU in float16 and is searched exactly with one matmul, which
-is faster there than any CPU index and needs no approximation.
+Each segment is searched with its own calibrated parameters; removed clips (tombstones) and an
+optional filter (allowed clip ids) are applied INSIDE the FAISS search with an ID selector, so
+a dead or filtered-out clip never takes a place in the top k; the segments' answers are then
+merged into one top k.
 
-A filter (folder, file name, dates) arrives as the sorted ids of the clips it allows and is
-applied inside the search (a FAISS IDSelector), so a filtered query gets the best allowed
-clips however far outside the unfiltered top k they lie.
+Backends per segment: FAISS on the CPU; on a CUDA device, FAISS GPU when the installed faiss has
+it (over-fetching by the segment's tombstone count and dropping them, since GPU indexes take no
+ID selector), else, and whenever a filter is given, exact float16 matmul with torch on the GPU.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import torch
 
-from mgvr.storage.coarse import CoarseIndex
+from mgvr.storage.catalog import SegmentRecord
+from mgvr.storage.coarse import SegmentLayout, search_parameters, segment_items
+
+GPU_MAX_K = 2048  # FAISS GPU's largest k
 
 
 def faiss_has_gpu() -> bool:
@@ -37,91 +40,136 @@ def search_on_one_thread() -> None:
     faiss.omp_set_num_threads(1)
 
 
-def _empty(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+def id_bitmap(ids: np.ndarray, size: int, value: bool) -> np.ndarray:
+    """A FAISS IDSelectorBitmap bitmap of `size` ids where `ids` are `value` and all others
+    are not (bit i of byte i // 8, least significant first)."""
+    bits = np.full(size, not value, bool)
+    bits[ids[(ids >= 0) & (ids < size)]] = value
+    return np.packbits(bits, bitorder="little")
 
 
-def _filtered_search(index: faiss.Index, queries: np.ndarray, k: int,
-                     allowed_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """FAISS search restricted to `allowed_ids` with an IDSelector.
+@dataclass
+class LoadedSegment:
+    record: SegmentRecord
+    index: faiss.Index
+    dead: np.ndarray  # (n,) int64 tombstoned ids in this segment
 
-    Exact indexes visit every vector, so they return min(k, allowed) hits. An IVF index scans
-    only nprobe lists, which hold about nprobe / nlist of the allowed clips: nprobe is raised
-    by 1 / (allowed fraction) to keep as many allowed candidates as an unfiltered search sees,
-    and when a query still comes back short of k it is asked again over every list, which
-    is exact on the allowed set.
-    """
-    selector = faiss.IDSelectorBatch(allowed_ids)
-    queries = np.ascontiguousarray(queries, np.float32)
-    if not isinstance(index, faiss.IndexIVF):
-        return index.search(queries, k, params=faiss.SearchParameters(sel=selector))
-    fraction = len(allowed_ids) / max(index.ntotal, 1)
-    nprobe = min(index.nlist, math.ceil(index.nprobe / max(fraction, 1e-9)))
-    scores, ids = index.search(queries, k, params=faiss.SearchParametersIVF(
-        sel=selector, nprobe=nprobe))
-    if nprobe < index.nlist and (ids < 0).any():
-        scores, ids = index.search(queries, k, params=faiss.SearchParametersIVF(
-            sel=selector, nprobe=index.nlist))
-    return scores, ids
+    @property
+    def layout(self) -> SegmentLayout:
+        r = self.record
+        return SegmentLayout(r.kind, r.rows, r.nlist, r.nprobe, r.ef_search)
 
 
 class TorchExactSearch:
-    """Every coarse vector on `device` in float16, searched exactly with one matmul (the GPU
-    fallback; the same code runs on the CPU, which is how the tests check it)."""
+    """Vectors on `device` in float16, searched exactly with one matmul (the GPU fallback; the
+    same code runs on the CPU, which is how the tests check it). Masked ids never come back."""
 
-    def __init__(self, coarse: CoarseIndex, device: torch.device) -> None:
-        ids, vectors = coarse.items()
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, device: torch.device) -> None:
         self.vectors = torch.from_numpy(vectors).to(device, torch.float16)
         self.ids = torch.from_numpy(ids).to(device)
 
-    def search(self, queries: np.ndarray, k: int,
-               allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        vectors, ids = self.vectors, self.ids
-        if allowed_ids is not None:
-            keep = torch.isin(ids, torch.from_numpy(allowed_ids).to(ids.device))
-            vectors, ids = vectors[keep], ids[keep]
-        k = min(k, len(ids))
-        if k == 0:
-            return _empty(queries)
-        text = torch.from_numpy(queries).to(vectors.device, torch.float16)
-        scores, rows = (text @ vectors.T).float().topk(k, dim=1)
-        return scores.cpu().numpy(), ids[rows].cpu().numpy()
+    def search(self, queries: np.ndarray, k: int, excluded: np.ndarray | None = None,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        text = torch.from_numpy(queries).to(self.vectors.device, torch.float16)
+        scores = (text @ self.vectors.T).float()
+        keep = torch.ones(len(self.ids), dtype=torch.bool, device=scores.device)
+        if excluded is not None and len(excluded):
+            keep &= ~torch.isin(self.ids, torch.from_numpy(excluded).to(self.ids.device))
+        if allowed is not None:
+            keep &= torch.isin(self.ids, torch.from_numpy(allowed).to(self.ids.device))
+        scores = scores.masked_fill(~keep, float("-inf"))
+        k = min(k, int(keep.sum()))
+        top, rows = scores.topk(k, dim=1)
+        return top.cpu().numpy(), self.ids[rows].cpu().numpy()
 
 
 class CoarseSearcher:
-    def __init__(self, coarse: CoarseIndex, device: torch.device) -> None:
-        self.coarse = coarse
-        self.backend = f"faiss-cpu-{coarse.kind}"
-        self._gpu_index: faiss.Index | None = None
-        self._torch: TorchExactSearch | None = None
-        if device.type == "cuda" and len(coarse):
-            if faiss_has_gpu():
-                self._resources = faiss.StandardGpuResources()
-                self._gpu_index = faiss.index_cpu_to_gpu(self._resources, device.index or 0,
-                                                         coarse.index)
-                self.backend = f"faiss-gpu-{coarse.kind}"
-            else:
-                self._torch = TorchExactSearch(coarse, device)
-                self.backend = "torch-gpu-exact"
+    """The segments of one generation, ready to search on `device`."""
+
+    def __init__(self, segments: list[LoadedSegment], id_limit: int,
+                 device: torch.device) -> None:
+        self.segments = segments
+        self.id_limit = id_limit  # every clip id is below it (the catalog's next_clip_id)
+        self.device = device
+        self._live_bitmaps = {s.record.name: id_bitmap(s.dead, id_limit, False)
+                              for s in segments if len(s.dead)}
+        self.backends: dict[str, str] = {}
+        self._gpu: dict[str, object] = {}
+        self._resources = None
+        for segment in segments:
+            self.backends[segment.record.name] = self._place(segment)
+
+    def _place(self, segment: LoadedSegment) -> str:
+        if self.device.type != "cuda" or segment.record.rows == 0:
+            return f"faiss-cpu-{segment.record.kind}"
+        if faiss_has_gpu():
+            try:
+                if self._resources is None:
+                    self._resources = faiss.StandardGpuResources()
+                self._gpu[segment.record.name] = faiss.index_cpu_to_gpu(
+                    self._resources, self.device.index or 0, segment.index)
+                return f"faiss-gpu-{segment.record.kind}"
+            except RuntimeError:
+                pass  # a layout FAISS GPU cannot take: the exact torch search serves it
+        self._gpu[segment.record.name] = TorchExactSearch(*segment_items(segment.index),
+                                                          self.device)
+        return "torch-gpu-exact"
+
+    def __len__(self) -> int:
+        return sum(s.record.rows - len(s.dead) for s in self.segments)
+
+    def describe(self) -> list[dict[str, object]]:
+        return [{"name": s.record.name, "kind": s.record.kind, "clips": s.record.rows,
+                 "dead": len(s.dead), "nlist": s.record.nlist, "nprobe": s.record.nprobe,
+                 "backend": self.backends[s.record.name]} for s in self.segments]
 
     def search(self, queries: np.ndarray, k: int,
                allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, D) float32 -> (scores, clip ids), each (Q, k'), best first; k' = min(k, size).
+        """(Q, D) float32 -> (scores, clip ids), each (Q, k') best first, over live clips
+        (and only `allowed_ids`, sorted int64, when given). Missing places have id -1."""
+        queries = np.ascontiguousarray(queries, np.float32)
+        allowed_bitmap = None
+        if allowed_ids is not None:
+            allowed_bitmap = id_bitmap(allowed_ids, self.id_limit, True)
+        found = [self._search_segment(s, queries, k, allowed_ids, allowed_bitmap)
+                 for s in self.segments]
+        found = [(scores, ids) for scores, ids in found if ids.shape[1]]
+        if not found:
+            return (np.empty((len(queries), 0), np.float32),
+                    np.empty((len(queries), 0), np.int64))
+        scores = np.concatenate([s for s, _ in found], axis=1)
+        ids = np.concatenate([i for _, i in found], axis=1)
+        scores = np.where(ids >= 0, scores, -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        return scores.astype(np.float32), np.where(np.isfinite(scores), ids, -1)
 
-        `allowed_ids` (sorted int64 clip ids), when given, restricts the search to those clips
-        (on a GPU index through the CPU copy, which has the selector). An unfiltered IVF search
-        may return fewer than k' for a query: missing places have id -1.
-        """
-        k = min(k, len(self.coarse))
-        if allowed_ids is not None:
-            k = min(k, len(allowed_ids))
-        if k <= 0:
-            return _empty(queries)
-        if self._torch is not None:
-            return self._torch.search(queries, k, allowed_ids)
-        if allowed_ids is not None:
-            return _filtered_search(self.coarse.index, queries, k,
-                                    np.ascontiguousarray(allowed_ids, np.int64))
-        if self._gpu_index is not None:
-            return self._gpu_index.search(np.ascontiguousarray(queries, np.float32), k)
-        return self.coarse.search(queries, k)
+    def _search_segment(self, segment: LoadedSegment, queries: np.ndarray, k: int,
+                        allowed_ids: np.ndarray | None,
+                        allowed_bitmap: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        name = segment.record.name
+        k = min(k, segment.record.rows)
+        if k == 0:
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        placed = self._gpu.get(name)
+        if isinstance(placed, TorchExactSearch):
+            return placed.search(queries, k, segment.dead, allowed_ids)
+        if placed is not None and allowed_ids is None and k + len(segment.dead) <= GPU_MAX_K:
+            scores, ids = placed.search(queries, k + len(segment.dead))
+            ids = np.where(np.isin(ids, segment.dead), -1, ids)
+            return scores, ids
+        bitmap = self._live_bitmaps.get(name)
+        if allowed_bitmap is not None:
+            bitmap = allowed_bitmap if bitmap is None else np.bitwise_and(bitmap, allowed_bitmap)
+        selector = None
+        if bitmap is not None:
+            selector = faiss.IDSelectorBitmap(self.id_limit, faiss.swig_ptr(bitmap))
+        scores, ids = segment.index.search(queries, k,
+                                           params=search_parameters(segment.layout, selector))
+        if allowed_ids is not None and segment.record.kind != "flat" \
+                and ((ids >= 0).sum(axis=1) < min(k, len(allowed_ids))).any():
+            # A filter can leave the probed lists short of allowed clips: probe every list, so
+            # a filter never returns fewer hits than exist.
+            everywhere = search_parameters(segment.layout, selector, nprobe=segment.record.nlist)
+            scores, ids = segment.index.search(queries, k, params=everywhere)
+        return scores, ids

@@ -1,51 +1,64 @@
 """Retriever: a query (text, image, or a clip's frame) -> coarse recall -> fine rerank -> hits
-with path, time range and best moment."""
+with path, time range and best moment.
+
+Safe to share between threads (a server answers queries concurrently): each thread reads the
+catalog through its own read-only SQLite connection, and the searchable state of a generation
+(its loaded segments, tombstones, catalog rows) is an immutable snapshot swapped whole when a
+commit lands, so a query never sees half of one generation and half of the next.
+"""
 
 from __future__ import annotations
 
+import io
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 
-from mgvr.config import IndexConfig, ModelIdentity
-from mgvr.errors import IncompatibleIndexError, MgvrError, UsageError
+from mgvr.config import IndexConfig
+from mgvr.errors import IndexDamagedError, MgvrError, UsageError
 from mgvr.model.clip import ClipEncoder, load_for_index, pick_device
 from mgvr.model.head import EercfHead, load_head_for_index
 from mgvr.retriever.filters import SearchFilter
 from mgvr.retriever.images import ImageSource, image_name, read_image
-from mgvr.retriever.recall import CoarseSearcher
+from mgvr.retriever.recall import CoarseSearcher, LoadedSegment
 from mgvr.retriever.rerank import batch_candidates, score_candidates
 from mgvr.retriever.results import Hit, SearchResult
 from mgvr.storage.catalog import Catalog, ClipRecord
-from mgvr.storage.coarse import CoarseIndex
+from mgvr.storage.coarse import load_segment
 from mgvr.storage.fine import FineReader
 from mgvr.storage.layout import IndexLayout
 
 DEFAULT_RERANK_DEPTH = 50
 DEFAULT_LIMIT = 10
 CLIP_RECORD_CACHE = 200_000  # ~60 MB of catalog rows at most
-
-
-def check_requested_model(root: Path, built: ModelIdentity, model: str | None,
-                          pretrained: str | None) -> None:
-    """Refuse a --model / --pretrained that differs from what built the index."""
-    if model is not None and Path(model).stem != built.name and model != built.name:
-        raise IncompatibleIndexError(
-            f"{root}: index built with {built.describe()}, not {model}; search it "
-            "without --model, or index with that model into another --index")
-    if pretrained is not None and pretrained != built.pretrained:
-        raise IncompatibleIndexError(
-            f"{root}: index built with weights {built.pretrained}, not "
-            f"{pretrained}; drop --pretrained or use the matching index")
-
-
 READ_ATTEMPTS = 3
+
+
+def sprite_tile_pixels(sprite: bytes) -> int:
+    """A sprite's tile size: its height (tiles are square), read from the JPEG header."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(sprite)) as image:
+        return image.height
 
 
 class FineRowMismatch(MgvrError):
     """A fine row holds another clip than the catalog says (a compaction raced the read)."""
+
+
+@dataclass
+class _Generation:
+    """What one committed generation searches: its segments and the catalog rows read so far
+    (clip ids are never reused, but a commit may move a clip's row or rename its file)."""
+
+    number: int
+    searcher: CoarseSearcher
+    records: dict[int, ClipRecord] = field(default_factory=dict)
 
 
 class Retriever:
@@ -55,60 +68,88 @@ class Retriever:
                  pretrained: str | None = None) -> None:
         self.layout = IndexLayout(Path(index_dir)).require()
         self.config = IndexConfig.load(self.layout.root)
-        built = self.config.model
-        check_requested_model(self.layout.root, built, model, pretrained)
+        self.config.model.check_request(self.layout.root, model, pretrained)
+        self._resolved = self.config.resolved(self.layout.root)
         self.device = pick_device(device)
-        self.catalog = Catalog(self.layout.catalog, readonly=True)
-        self.fine = FineReader(self.layout.fine_dir, built.embed_dim)
+        self._local = threading.local()
+        self._catalog()  # fails here, not at the first query, if the catalog is damaged
+        self.fine = FineReader(self.layout.fine_dir, self.config.model.embed_dim)
+        self._lock = threading.Lock()  # loading the model, the head, a new generation
         self._encoder: ClipEncoder | None = None
         self._head: EercfHead | None = None
-        self._generation = -1
-        self._searcher: CoarseSearcher | None = None
-        # Clip rows by id for the current generation. Ids are never reused, but a commit may
-        # move or rename a clip's file, so the cache starts over with each generation.
-        self._records: dict[int, ClipRecord] = {}
+        self._segments: dict[str, faiss.Index] = {}  # loaded segment files, by name
+        self._current: _Generation | None = None
+
+    def _catalog(self) -> Catalog:
+        catalog = getattr(self._local, "catalog", None)
+        if catalog is None:
+            catalog = self._local.catalog = self.layout.open_catalog(readonly=True)
+        return catalog
+
+    @property
+    def catalog(self) -> Catalog:
+        """The calling thread's read-only connection to the catalog."""
+        return self._catalog()
 
     @property
     def encoder(self) -> ClipEncoder:
         if self._encoder is None:
-            self._encoder = load_for_index(self.config.model, str(self.device))
+            with self._lock:
+                if self._encoder is None:
+                    self._encoder = load_for_index(self._resolved.model, str(self.device))
         return self._encoder
 
     @property
     def head(self) -> EercfHead | None:
         """The trained EERCF head the index was built with, if any."""
-        if self._head is None and self.config.head_checkpoint:
-            self._head = load_head_for_index(self.config.head_checkpoint,
-                                             self.config.head_sha256, self.device)
+        if self._head is None and self._resolved.head_checkpoint:
+            with self._lock:
+                if self._head is None:
+                    self._head = load_head_for_index(self._resolved.head_checkpoint,
+                                                     self.config.head_sha256, self.device)
         return self._head
 
-    def _current_searcher(self) -> CoarseSearcher:
-        generation = self.catalog.generation()
-        if generation != self._generation or self._searcher is None:
-            self._generation, coarse = self._load_coarse(generation)
-            self._searcher = CoarseSearcher(coarse, self.device)
-            self._records = {}
-        return self._searcher
+    # generations ----------------------------------------------------------------------------
+    def _generation(self) -> _Generation:
+        number = self._catalog().generation()
+        current = self._current
+        if current is not None and current.number == number:
+            return current
+        with self._lock:
+            if self._current is None or self._current.number != number:
+                self._current = self._load_generation()
+            return self._current
 
-    def _load_coarse(self, generation: int) -> tuple[int, CoarseIndex]:
-        """(generation, its FAISS index); if a writer committed twice since the catalog was
-        read and deleted that file meanwhile, the newer generation is taken instead."""
+    def _load_generation(self) -> _Generation:
+        """Load the catalog's current generation; if a writer committed twice meanwhile and
+        deleted a segment file this one names, take the newer generation instead."""
+        catalog = self._catalog()
         dim = self.config.model.embed_dim
-        for _ in range(READ_ATTEMPTS):
-            if generation == 0:
-                return generation, CoarseIndex.empty(dim)
-            path = self.layout.coarse(generation)
-            if path.is_file():
-                try:
-                    return generation, CoarseIndex.load(path, dim)
-                except IncompatibleIndexError:
-                    if path.is_file():
-                        raise
-            newer = self.catalog.generation()
-            if newer == generation:
-                break
-            generation = newer
-        return generation, CoarseIndex.load(self.layout.coarse(generation), dim)
+        for attempt in range(READ_ATTEMPTS):
+            with catalog.snapshot():
+                number = catalog.generation()
+                records = catalog.segments()
+                dead = {s.name: np.array(catalog.tombstones(s.name), np.int64)
+                        for s in records}
+                id_limit = catalog.next_clip_id()
+                sums = catalog.files()
+            try:
+                loaded = []
+                for record in records:
+                    if record.name not in self._segments:
+                        path = self.layout.segment(record.name)
+                        checksum = sums.get(self.layout.relative(path), (0, None))[1]
+                        self._segments[record.name] = load_segment(path, dim, checksum)
+                    loaded.append(LoadedSegment(record, self._segments[record.name],
+                                                dead[record.name]))
+            except IndexDamagedError:
+                if attempt == READ_ATTEMPTS - 1 or catalog.generation() == number:
+                    raise
+                continue
+            names = {r.name for r in records}
+            self._segments = {n: i for n, i in self._segments.items() if n in names}
+            return _Generation(number, CoarseSearcher(loaded, id_limit, self.device))
+        raise AssertionError("unreachable")
 
     def prefetch(self) -> None:
         """Read the catalog file once so it sits in the page cache (a long-running server does
@@ -116,30 +157,44 @@ class Retriever:
         at 1M clips after a 30 GB write: lookups of 50 clips p50 2.3 ms; after reading the 63 MB
         file (0.05 s), 0.22 ms. (posix_fadvise WILLNEED did not bring it in.)"""
         buffer = bytearray(1 << 20)
-        for path in (self.layout.catalog, Path(f"{self.layout.catalog}-wal")):
-            try:
-                with open(path, "rb", buffering=0) as f:
-                    while f.readinto(buffer):
-                        pass
-            except OSError:
-                continue
+        try:
+            with open(self.layout.catalog, "rb", buffering=0) as f:
+                while f.readinto(buffer):
+                    pass
+        except OSError:
+            pass
 
-    def _clip_records(self, clip_ids: list[int]) -> dict[int, ClipRecord]:
+    def _clip_records(self, generation: _Generation, clip_ids: list[int]
+                      ) -> dict[int, ClipRecord]:
         """Catalog rows of these clips (those still in the catalog), cached per generation."""
-        missing = [i for i in clip_ids if i not in self._records]
+        cache = generation.records
+        missing = [i for i in clip_ids if i not in cache]
         if missing:
-            if len(self._records) + len(missing) > CLIP_RECORD_CACHE:
-                self._records = {}
-            self._records.update(self.catalog.clips_by_ids(missing))
-        return {i: self._records[i] for i in clip_ids if i in self._records}
+            if len(cache) + len(missing) > CLIP_RECORD_CACHE:
+                cache.clear()
+            cache.update(self._catalog().clips_by_ids(missing))
+        return {i: cache[i] for i in clip_ids if i in cache}
+
+    def thumbnail_sprite(self, clip_id: int) -> tuple[bytes, int, int] | None:
+        """(JPEG, tile pixels, frames) of a clip's stored frame sprite: its sampled frames
+        side by side, square tiles in sample order; None for an unknown clip or an index
+        without thumbnails."""
+        record = self._clip_records(self._generation(), [clip_id]).get(clip_id)
+        if record is None:
+            return None
+        sprite = self.fine.read_thumbnails(record.part, record.row)
+        if not sprite:
+            return None
+        return sprite, sprite_tile_pixels(sprite), record.n_frames
 
     def status(self) -> dict[str, object]:
-        """What a long-running server reports: index, generation, coarse layout, device."""
-        searcher = self._current_searcher()
-        return {"index": str(self.layout.root), "generation": self._generation,
+        """What a long-running server reports: index, generation, segments, device."""
+        generation = self._generation()
+        return {"index": str(self.layout.root), "generation": generation.number,
                 "model": self.config.model.describe(), "device": str(self.device),
-                "coarse": {**searcher.coarse.describe(), "backend": searcher.backend},
-                "catalog": self.catalog.counts()}
+                "coarse": {"clips": len(generation.searcher),
+                           "segments": generation.searcher.describe()},
+                "catalog": self._catalog().counts()}
 
     def encode_query(self, text: str) -> tuple[torch.Tensor, bool]:
         vectors, truncated = self.encoder.encode_texts([text])
@@ -149,7 +204,7 @@ class Retriever:
         """Sorted ids of the clips a filter allows; None when there is no filter."""
         if not search_filter:
             return None
-        return self.catalog.clip_ids_matching(**search_filter.catalog_arguments())
+        return self._catalog().clip_ids_matching(**search_filter.catalog_arguments())
 
     def search(self, text: str, limit: int = DEFAULT_LIMIT,
                rerank_depth: int = DEFAULT_RERANK_DEPTH, rerank: bool = True,
@@ -190,7 +245,7 @@ class Retriever:
         _check_counts(limit, rerank_depth)
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        record = self._clip_records([clip_id]).get(clip_id)
+        record = self._clip_records(self._generation(), [clip_id]).get(clip_id)
         if record is None:
             raise UsageError(f"clip {clip_id} is not in the index (its video was removed or "
                              "re-indexed); search again and pick a current result")
@@ -224,20 +279,21 @@ class Retriever:
         A concurrent `mgvr compact` may delete a part between the catalog lookup and the
         read; the search then starts over on the catalog's new generation."""
         for attempt in range(READ_ATTEMPTS):
+            generation = self._generation()
             try:
-                return self._search_vector(query, limit, rerank_depth, rerank, timings,
-                                           allowed_ids)
+                return self._search_vector(generation, query, limit, rerank_depth, rerank,
+                                           timings, allowed_ids)
             except (OSError, FineRowMismatch):
                 if attempt == READ_ATTEMPTS - 1:
                     raise
-                self._searcher = None
+                generation.records.clear()  # rows moved under us: read them again
         raise AssertionError("unreachable")
 
-    def _search_vector(self, query: torch.Tensor, limit: int, rerank_depth: int, rerank: bool,
-                       timings: dict[str, float],
-                       allowed_ids: np.ndarray | None = None) -> list[Hit]:
+    def _search_vector(self, generation: _Generation, query: torch.Tensor, limit: int,
+                       rerank_depth: int, rerank: bool, timings: dict[str, float],
+                       allowed_ids: np.ndarray | None) -> list[Hit]:
         clock = time.perf_counter()
-        searcher = self._current_searcher()
+        searcher = generation.searcher
         depth = rerank_depth if rerank else 0
         # S_c = t . (W_g v) = (t W_g) . v: the index keeps v, the query carries W_g.
         recall_query = query if self.head is None else (
@@ -255,7 +311,7 @@ class Retriever:
         # Reranked candidates first by fine score; the rest keep their coarse order below them.
         fine_ids = clip_ids[:depth] if rerank else clip_ids[:limit]
         shown = [int(i) for i in (clip_ids[:max(depth, limit)] if rerank else clip_ids[:limit])]
-        records = self._clip_records(shown)
+        records = self._clip_records(generation, shown)
         fine_ids = np.array([i for i in fine_ids if int(i) in records], np.int64)
         batch = self.fine.read_batch([(records[int(i)].part, records[int(i)].row)
                                       for i in fine_ids])
@@ -296,7 +352,8 @@ class Retriever:
         return hits
 
     def close(self) -> None:
-        self.catalog.close()
+        self._catalog().close()
+        self._local.catalog = None
 
 
 def _check_counts(limit: int, rerank_depth: int) -> None:

@@ -12,6 +12,8 @@
                                     -> the `mgvr search --json` document (mgvr.search/1) plus
                                     "context_length" and each hit's "video" ("ok" or "gone")
     GET  /search?q=TEXT&...         the same fields as parameters (q, like, at, after, before)
+    GET  /clips/{clip_id}/frames.jpg  the clip's frames as one JPEG, square tiles side by side
+                                    in sample order (made at index time; cached by browsers)
     GET  /clips/{clip_id}/video     the clip's video file, with HTTP Range (206) for seeking
 
 Errors answer {"error": one line, "exit_code": n}: 400 bad input (exit code 2, as the CLI),
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -83,6 +85,13 @@ def create_app(service: SearchService, token: str | None = None,
         if not isinstance(fields, dict):
             raise UsageError("the body must be a JSON object, e.g. {\"query\": \"a man cooking\"}")
         return await _search(service, fields)
+
+    @app.get("/clips/{clip_id}/frames.jpg")
+    async def frames(clip_id: int) -> Response:
+        sprite = await service.run(service.sprite, clip_id)
+        # A clip id is never reused and its frames never change: the browser may keep them.
+        return Response(sprite, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=31536000, immutable"})
 
     @app.get("/clips/{clip_id}/video")
     async def video(clip_id: int) -> FileResponse:

@@ -21,7 +21,7 @@ from mgvr.errors import MgvrError, UsageError
 from mgvr.retriever.filters import SearchFilter
 from mgvr.retriever.recall import search_on_one_thread
 from mgvr.retriever.results import search_document
-from mgvr.retriever.search import Retriever, check_requested_model
+from mgvr.retriever.search import Retriever
 from mgvr.serve import discovery
 from mgvr.serve.schema import SearchRequest
 from mgvr.storage.maintenance import status as index_status
@@ -80,8 +80,8 @@ class SearchService:
     def search(self, request: SearchRequest, image: ImageUpload | None = None) -> dict:
         if request.index not in (None, self.index):
             raise WrongIndex(f"this server serves {self.index}, not {request.index}")
-        check_requested_model(self.retriever.layout.root, self.retriever.config.model,
-                              request.model, request.pretrained)
+        self.retriever.config.model.check_request(self.retriever.layout.root, request.model,
+                                                  request.pretrained)
         kinds = [k for k, given in (("query", request.query is not None),
                                     ("like", request.like is not None),
                                     ("image", image is not None)) if given]
@@ -118,6 +118,15 @@ class SearchService:
         return {"status": "ok", "pid": os.getpid(), "index": self.index}
 
     # files --------------------------------------------------------------------------------
+    def sprite(self, clip_id: int) -> bytes:
+        """The clip's stored frame sprite (JPEG: its sampled frames side by side, square
+        tiles in sample order), made at index time, so it outlives the video file."""
+        found = self.retriever.thumbnail_sprite(clip_id)
+        if found is None:
+            raise NotFound(f"clip {clip_id} has no thumbnails (not in the index, or indexed "
+                           "before mgvr stored them)", "no-thumbnails")
+        return found[0]
+
     def video_path(self, clip_id: int) -> str:
         """The video file of a clip, if it is still the file that was indexed: same size and
         modification time as the catalog records (so a path swapped for a link to something

@@ -1,191 +1,124 @@
-"""The coarse store: one normalised vector per clip in a FAISS inner-product index keyed by clip id.
+"""The coarse store: one normalised vector per clip, in immutable FAISS segments keyed by clip id.
 
-Each committed generation is a separate file written beside the previous one and renamed into
-place, so a reader holding generation g is never disturbed by a writer producing g + 1.
+A commit writes one new segment with only the vectors it adds; removed clips become tombstones
+in the catalog, applied inside the FAISS search by an ID selector; merges (`storage.merge`)
+replace several segments by one and drop their tombstones. A segment's layout follows its size
+and is recorded in the catalog:
 
-The layout follows the size, and the FAISS file records it (its index type, `nlist` and the
-calibrated `nprobe` are part of the file):
+- `flat`: `IndexIDMap2(IndexFlatIP)`, exact, below FLAT_MAX_ROWS vectors (every commit's own
+  segment is flat unless it is very large, so a commit never trains anything);
+- `ivf-flat` from FLAT_MAX_ROWS, `ivf-sq8` (8-bit scalar quantised lists, a quarter of the
+  memory) from SQ8_MIN_ROWS: an inverted file whose coarse quantizer is an HNSW graph, so the
+  list lookup stays cheap with many lists. `nlist` grows with the size (nlist_for); `nprobe`
+  and the quantizer's `efSearch` are calibrated when the segment is built: the smallest
+  power-of-two nprobe whose recall@50 against exact search reaches CALIBRATION_RECALL on
+  pseudo-queries (stored vectors buried in noise down to cosine ~0.45 with their source, which
+  sit off the data as text queries do).
 
-- exact: `IndexIDMap2(IndexFlatIP)` while the index holds fewer than IVF_MIN_CLIPS vectors;
-- ivf: `IndexIVFFlat` (inner product, ids stored in the inverted lists, so `add_with_ids` and
-  `remove_ids` work as before) from IVF_MIN_CLIPS on. `nlist` is the power of two nearest
-  sqrt(N); `nprobe` is the smallest power of two whose recall@50 against exact search reaches
-  CALIBRATION_RECALL on pseudo-queries: stored vectors buried in noise down to cosine ~0.45
-  with their source, which sit off the data as text queries do. (On the synthetic 1M-clip
-  benchmark index they ask for 2x the nprobe that text-like queries need for 0.98; noise down
-  to cosine 0.32 asked for 4x: 512 of 1024 lists.)
-
-`fit_layout()`, which `save()` calls, (re)builds when the size left the current layout's range:
-flat -> IVF at IVF_MIN_CLIPS, IVF -> flat below half of it, and a new IVF when N left
-[nlist^2 / 4, 4 nlist^2], i.e. after the index grew (or shrank) at least 2x since training. So
-(re)training cost is geometric in the index size, and a committed file is always searchable.
+Files are written to a temporary name, fsynced and renamed; the catalog records each file's
+sha256, and `load_segment` checks it before FAISS parses a byte.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
-from faiss.contrib.inspect_tools import get_invlist
 
-from mgvr.errors import IncompatibleIndexError
+from mgvr.errors import IndexDamagedError
+from mgvr.hashing import sha256_file
 
-IVF_MIN_CLIPS = 50_000
+FLAT_MAX_ROWS = 50_000
+SQ8_MIN_ROWS = 250_000
 MIN_NLIST = 64
-TRAINING_POINTS_PER_LIST = 64  # faiss warns below 39; more buys little and costs time
+HNSW_NEIGHBOURS = 32
+TRAINING_POINTS_PER_LIST = 40  # faiss warns below 39
+MIN_TRAINING_POINTS = 65_536
+ADD_CHUNK = 65_536  # vectors added to an IVF at a time (bounds the temporary memory)
 CALIBRATION_QUERIES = 256
 CALIBRATION_K = 50  # the default rerank depth: what recall is about
 CALIBRATION_RECALL = 0.98
 CALIBRATION_NOISE = 2.0  # noise norm relative to the unit vector: cosine 1/sqrt(1 + 4) ~ 0.45
 
 
-def nlist_for(size: int) -> int:
-    """Inverted lists for `size` vectors: the power of two nearest sqrt(size), at least 64."""
-    return max(MIN_NLIST, 2 ** round(math.log2(max(size, 1)) / 2))
+@dataclass(frozen=True)
+class SegmentLayout:
+    kind: str  # flat, ivf-flat, ivf-sq8
+    rows: int
+    nlist: int | None = None
+    nprobe: int | None = None
+    ef_search: int | None = None
 
 
-class CoarseIndex:
-    def __init__(self, index: faiss.Index) -> None:
-        self.index = index
-
-    @classmethod
-    def empty(cls, dim: int) -> CoarseIndex:
-        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
-
-    @classmethod
-    def load(cls, path: Path, dim: int) -> CoarseIndex:
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as e:
-            raise IncompatibleIndexError(
-                f"{path}: unreadable FAISS file ({str(e).splitlines()[0]}); "
-                "run `mgvr verify --repair` or re-index") from e
-        if index.d != dim:
-            raise IncompatibleIndexError(f"{path}: vectors have {index.d} dims, the index config "
-                                         f"says {dim}; re-index into a fresh --index")
-        if not isinstance(index, faiss.IndexIDMap2 | faiss.IndexIVFFlat):
-            raise IncompatibleIndexError(f"{path}: unexpected FAISS index type "
-                                         f"{type(index).__name__}; re-index into a fresh --index")
-        return cls(index)
-
-    @property
-    def dim(self) -> int:
-        return self.index.d
-
-    @property
-    def kind(self) -> str:
-        """'exact' (flat) or 'ivf'."""
-        return "ivf" if isinstance(self.index, faiss.IndexIVF) else "exact"
-
-    def describe(self) -> dict[str, int | str]:
-        """The layout, for status output: kind, size, and nlist / nprobe for IVF."""
-        info: dict[str, int | str] = {"kind": self.kind, "clips": len(self)}
-        if isinstance(self.index, faiss.IndexIVF):
-            info.update(nlist=int(self.index.nlist), nprobe=int(self.index.nprobe))
-        return info
-
-    def __len__(self) -> int:
-        return self.index.ntotal
-
-    def add(self, clip_ids: np.ndarray, vectors: np.ndarray) -> None:
-        """(N,) int64 ids, (N, D) float32 normalised vectors."""
-        if len(clip_ids):
-            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
-                                    np.ascontiguousarray(clip_ids, dtype=np.int64))
-
-    def remove(self, clip_ids: list[int]) -> int:
-        if not clip_ids:
-            return 0
-        return int(self.index.remove_ids(np.asarray(clip_ids, dtype=np.int64)))
-
-    def items(self) -> tuple[np.ndarray, np.ndarray]:
-        """All (N,) int64 clip ids and their (N, D) float32 vectors, in one order."""
-        if isinstance(self.index, faiss.IndexIVF):
-            ids, vectors = [np.empty(0, np.int64)], [np.empty((0, self.dim), np.float32)]
-            for list_no in range(self.index.nlist):
-                list_ids, codes = get_invlist(self.index.invlists, list_no)
-                ids.append(list_ids.astype(np.int64))
-                vectors.append(codes.view(np.float32).reshape(len(list_ids), self.dim))
-            return np.concatenate(ids), np.concatenate(vectors)
-        ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        return ids, self.index.index.reconstruct_n(0, self.index.ntotal)
-
-    def ids(self) -> np.ndarray:
-        return self.items()[0]
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, D) float32 -> scores (Q, k') and clip ids (Q, k'), k' = min(k, size), best first.
-
-        IVF may find fewer than k' for a query; the rest are padded with id -1.
-        """
-        k = min(k, len(self))
-        if k == 0:
-            empty = np.empty((len(queries), 0))
-            return empty.astype(np.float32), empty.astype(np.int64)
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-
-    # layout by size -------------------------------------------------------------------------
-    def wanted_nlist(self) -> int:
-        """0 for exact search, else the nlist this size calls for (the current one if in range)."""
-        size = len(self)
-        if isinstance(self.index, faiss.IndexIVF):
-            nlist = int(self.index.nlist)
-            if size < IVF_MIN_CLIPS // 2:  # hysteresis: no flip-flop around the threshold
-                return 0
-            if nlist * nlist / 4 <= size <= 4 * nlist * nlist or nlist_for(size) == nlist:
-                return nlist
-            return nlist_for(size)
-        return nlist_for(size) if size >= IVF_MIN_CLIPS else 0
-
-    def fit_layout(self) -> bool:
-        """Rebuild as exact or IVF when the size calls for another layout; True if rebuilt."""
-        nlist = self.wanted_nlist()
-        current = int(self.index.nlist) if isinstance(self.index, faiss.IndexIVF) else 0
-        if nlist == current:
-            return False
-        ids, vectors = self.items()
-        if nlist == 0:
-            rebuilt = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-            rebuilt.add_with_ids(vectors, ids)
-        else:
-            rebuilt = build_ivf(ids, vectors, nlist)
-        self.index = rebuilt
-        return True
-
-    def save(self, path: Path) -> None:
-        """Fit the layout to the size, then write atomically: a crash leaves no file or a
-        complete one."""
-        self.fit_layout()
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
+def kind_for(rows: int) -> str:
+    if rows < FLAT_MAX_ROWS:
+        return "flat"
+    return "ivf-sq8" if rows >= SQ8_MIN_ROWS else "ivf-flat"
 
 
-def build_ivf(ids: np.ndarray, vectors: np.ndarray, nlist: int,
-              seed: int = 0) -> faiss.IndexIVFFlat:
-    """Train an IVF of `nlist` lists on a sample of (N, D) `vectors`, add them all with their
-    (N,) `ids`, and calibrate nprobe."""
+def nlist_for(rows: int) -> int:
+    """Inverted lists for `rows` vectors: the power of two nearest 4 sqrt(rows), at least 64
+    (an HNSW quantizer keeps the list lookup cheap, so lists can be many and short), and at
+    most what TRAINING_POINTS_PER_LIST points per list allow."""
+    wanted = max(MIN_NLIST, 2 ** round(math.log2(4 * math.sqrt(max(rows, 1)))))
+    trainable = 2 ** int(math.log2(max(rows // TRAINING_POINTS_PER_LIST, 1)))
+    return max(1, min(wanted, trainable))
+
+
+def build_segment(ids: np.ndarray, vectors: np.ndarray, kind: str | None = None,
+                  seed: int = 0) -> tuple[faiss.Index, SegmentLayout]:
+    """A segment over (N,) int64 `ids` and their (N, D) float32 normalised `vectors`."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    kind = kind or kind_for(len(ids))
+    if kind == "flat":
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+        index.add_with_ids(vectors, ids)
+        return index, SegmentLayout("flat", len(ids))
     rng = np.random.default_rng(seed)
-    dim = vectors.shape[1]
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = seed
-    sample = min(len(vectors), nlist * TRAINING_POINTS_PER_LIST)
-    index.train(np.ascontiguousarray(vectors[np.sort(rng.choice(len(vectors), sample,
-                                                                replace=False))]))
-    index.add_with_ids(np.ascontiguousarray(vectors), ids)
-    index.nprobe = calibrate_nprobe(index, vectors, ids, rng)
-    return index
+    nlist = nlist_for(len(ids))
+    codec = "SQ8" if kind == "ivf-sq8" else "Flat"
+    index = faiss.index_factory(vectors.shape[1], f"IVF{nlist}_HNSW{HNSW_NEIGHBOURS},{codec}",
+                                faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = seed
+    ivf.by_residual = False  # lists hold the vectors themselves: decodable without centroids
+    # Enough points that the SQ8 ranges (per dimension, from the sample) cover the data too.
+    sample = min(len(vectors), max(nlist * TRAINING_POINTS_PER_LIST, MIN_TRAINING_POINTS))
+    index.train(vectors[np.sort(rng.choice(len(vectors), sample, replace=False))])
+    for start in range(0, len(ids), ADD_CHUNK):
+        index.add_with_ids(vectors[start:start + ADD_CHUNK], ids[start:start + ADD_CHUNK])
+    nprobe, ef_search = calibrate(index, vectors, ids, rng)
+    ivf.nprobe = nprobe
+    faiss.downcast_index(ivf.quantizer).hnsw.efSearch = ef_search
+    return index, SegmentLayout(kind, len(ids), nlist, nprobe, ef_search)
 
 
-def calibrate_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, ids: np.ndarray,
-                     rng: np.random.Generator) -> int:
-    """Smallest power-of-two nprobe whose recall@CALIBRATION_K on noisy pseudo-queries reaches
-    CALIBRATION_RECALL against exact search over (N, D) `vectors` with (N,) `ids`."""
+def search_parameters(layout: SegmentLayout, selector: faiss.IDSelector | None = None,
+                      nprobe: int | None = None) -> faiss.SearchParameters | None:
+    """FAISS search parameters of a segment: its calibrated nprobe / efSearch and an optional
+    ID selector (tombstones, filters)."""
+    if layout.kind == "flat":
+        return faiss.SearchParameters(sel=selector) if selector is not None else None
+    nprobe = nprobe or layout.nprobe or 1
+    ef_search = max(layout.ef_search or 0, 2 * nprobe)
+    return faiss.SearchParametersIVF(
+        sel=selector, nprobe=nprobe,
+        quantizer_params=faiss.SearchParametersHNSW(efSearch=ef_search))
+
+
+def _ef_for(nprobe: int) -> int:
+    return max(64, 2 * nprobe)
+
+
+def calibrate(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray,
+              rng: np.random.Generator) -> tuple[int, int]:
+    """(nprobe, efSearch): the smallest power-of-two nprobe whose recall@CALIBRATION_K on noisy
+    pseudo-queries reaches CALIBRATION_RECALL against exact search over (N, D) `vectors`."""
     sources = vectors[rng.choice(len(vectors), min(CALIBRATION_QUERIES, len(vectors)),
                                  replace=False)]
     noise = rng.standard_normal(sources.shape).astype(np.float32)
@@ -195,14 +128,16 @@ def calibrate_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, ids: np.ndarray
     k = min(CALIBRATION_K, len(vectors))
     _, rows = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
     exact = ids[rows]
+    nlist = faiss.extract_index_ivf(index).nlist
     nprobe = 1
-    while nprobe < index.nlist:
-        index.nprobe = nprobe
-        _, found = index.search(queries, k)
+    while nprobe < nlist:
+        layout = SegmentLayout("ivf", len(ids), nlist, nprobe, _ef_for(nprobe))
+        _, found = index.search(queries, k, params=search_parameters(layout))
         if recall_at_k(found, exact) >= CALIBRATION_RECALL:
-            return nprobe
+            break
         nprobe *= 2
-    return int(index.nlist)
+    nprobe = min(nprobe, nlist)
+    return nprobe, _ef_for(nprobe)
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
@@ -210,3 +145,63 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     hits = [len(set(f[f >= 0].tolist()) & set(e.tolist())) / max(len(e), 1)
             for f, e in zip(found, exact, strict=True)]
     return float(np.mean(hits)) if hits else 1.0
+
+
+def write_segment(index: faiss.Index, path: Path) -> None:
+    """Write atomically: a crash leaves no file or a complete one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def load_segment(path: Path, dim: int, sha256: str | None) -> faiss.Index:
+    """A segment file, checked against its recorded sha256 (None: unchecked, for verify's own
+    diagnosis) before FAISS reads it."""
+    if sha256 is not None:
+        try:
+            actual = sha256_file(path)
+        except FileNotFoundError as e:
+            raise IndexDamagedError(f"{path}: missing; run `mgvr verify --repair`") from e
+        if actual != sha256:
+            raise IndexDamagedError(f"{path}: fails its checksum (damaged on disk); run "
+                                    "`mgvr verify --repair`")
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise IndexDamagedError(f"{path}: unreadable FAISS file ({str(e).splitlines()[0]}); "
+                                "run `mgvr verify --repair`") from e
+    if index.d != dim:
+        raise IndexDamagedError(f"{path}: vectors have {index.d} dims, the index config says "
+                                f"{dim}; run `mgvr verify --repair` or re-index")
+    return index
+
+
+def segment_items(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """All (N,) int64 ids and their (N, D) float32 vectors (decoded from SQ8 when quantised)."""
+    if isinstance(index, faiss.IndexIDMap2):
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        return ids, index.index.reconstruct_n(0, index.ntotal)
+    ivf = faiss.extract_index_ivf(index)
+    ids, vectors = [np.empty(0, np.int64)], [np.empty((0, ivf.d), np.float32)]
+    for list_no in range(ivf.nlist):
+        list_ids, list_vectors = inverted_list(ivf, list_no)
+        ids.append(list_ids)
+        vectors.append(list_vectors)
+    return np.concatenate(ids), np.concatenate(vectors)
+
+
+def inverted_list(ivf: faiss.IndexIVF, list_no: int) -> tuple[np.ndarray, np.ndarray]:
+    """One inverted list's (n,) ids and (n, D) float32 vectors."""
+    ivf = faiss.downcast_index(ivf)
+    invlists = ivf.invlists
+    size = invlists.list_size(list_no)
+    if size == 0:
+        return np.empty(0, np.int64), np.empty((0, ivf.d), np.float32)
+    list_ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size).astype(np.int64)
+    codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * invlists.code_size).copy()
+    if isinstance(ivf, faiss.IndexIVFScalarQuantizer):  # coded directly, not as residuals
+        return list_ids, ivf.sq.decode(codes.reshape(size, -1))
+    return list_ids, codes.view(np.float32).reshape(size, ivf.d)

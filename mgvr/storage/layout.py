@@ -1,4 +1,13 @@
-"""Where things live inside an index directory, and which directory is the index."""
+"""Where things live inside an index directory, and which directory is the index.
+
+    mgvr.json                   IndexConfig
+    catalog.sqlite              the catalog (storage.catalog)
+    fine/part-NNNNNN.parquet    fine features, immutable (storage.fine)
+    fine/part-NNNNNN.rows.npy   its memory-mapped sidecar
+    coarse/seg-NNNNNN.faiss     coarse segments, immutable (storage.coarse)
+    model/                      what search needs of a trained checkpoint, copied in
+    lock                        single-writer lock
+"""
 
 from __future__ import annotations
 
@@ -9,10 +18,10 @@ from pathlib import Path
 import platformdirs
 
 from mgvr.config import CONFIG_FILENAME
-from mgvr.errors import IndexNotFoundError
+from mgvr.errors import IndexDamagedError, IndexNotFoundError
 
 INDEX_ENV = "MGVR_INDEX"
-_COARSE_NAME = re.compile(r"^coarse-(\d+)\.faiss$")
+_NUMBERED = {"part": re.compile(r"^part-(\d+)\."), "segment": re.compile(r"^seg-(\d+)\.")}
 
 
 def default_index_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -41,11 +50,25 @@ class IndexLayout:
         return self.root / "fine"
 
     @property
+    def coarse_dir(self) -> Path:
+        return self.root / "coarse"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
     def lock(self) -> Path:
         return self.root / "lock"
 
+    def data_files(self) -> list[Path]:
+        """Parts, sidecars and segments on disk, registered or not."""
+        return sorted(p for folder in (self.fine_dir, self.coarse_dir) if folder.is_dir()
+                      for p in folder.iterdir() if p.is_file())
+
     def exists(self) -> bool:
-        return self.config.is_file() and self.catalog.is_file()
+        """Something of an index is here: its config, its catalog or its data files."""
+        return self.config.is_file() or self.catalog.exists() or bool(self.data_files())
 
     def require(self) -> IndexLayout:
         """This layout, or IndexNotFoundError when no index lives here."""
@@ -53,24 +76,54 @@ class IndexLayout:
             raise IndexNotFoundError(
                 f"{self.root}: no mgvr index here; build one with `mgvr index FOLDER` "
                 "or point --index / $MGVR_INDEX at an existing index")
+        if not self.config.is_file():
+            raise IndexDamagedError(f"{self.config}: missing beside the index's data; run "
+                                    "`mgvr verify --repair` to rebuild it from the Parquet parts")
         return self
 
-    def coarse(self, generation: int) -> Path:
-        return self.root / f"coarse-{generation:06d}.faiss"
+    def open_catalog(self, readonly: bool = False):
+        """The index's catalog; IndexDamagedError when it is missing or unreadable."""
+        from mgvr.storage.catalog import Catalog
 
-    def next_generation(self, current: int) -> int:
-        """A generation number above `current` and above every FAISS file on disk, so a file
-        left by a killed run is never taken for a new generation's."""
-        return max([current, *self.coarse_generations()]) + 1
+        return Catalog(self.catalog, readonly=readonly)
 
-    def coarse_generations(self) -> list[int]:
-        if not self.root.is_dir():
-            return []
-        found = (_COARSE_NAME.match(p.name) for p in self.root.iterdir())
-        return sorted(int(m.group(1)) for m in found if m)
+    # numbered immutable files ------------------------------------------------------------------
+    def part_name(self, number: int) -> str:
+        return f"part-{number:06d}.parquet"
+
+    def segment_name(self, number: int) -> str:
+        return f"seg-{number:06d}.faiss"
 
     def fine_part(self, name: str) -> Path:
         return self.fine_dir / name
 
-    def fine_part_name(self, number: int) -> str:
-        return f"part-{number:06d}.parquet"
+    def part_files(self, name: str) -> list[Path]:
+        """A part's Parquet file and its sidecar."""
+        from mgvr.storage.fine import sidecar_path
+
+        path = self.fine_part(name)
+        return [path, sidecar_path(path)]
+
+    def segment(self, name: str) -> Path:
+        return self.coarse_dir / name
+
+    def numbered_files(self, kind: str) -> list[int]:
+        """Numbers of the `kind` ('part' or 'segment') files on disk."""
+        folder = self.fine_dir if kind == "part" else self.coarse_dir
+        if not folder.is_dir():
+            return []
+        found = (_NUMBERED[kind].match(p.name) for p in folder.iterdir())
+        return sorted({int(m.group(1)) for m in found if m})
+
+    @staticmethod
+    def file_number(path: Path) -> int | None:
+        """The number in a part's or segment's file name."""
+        for pattern in _NUMBERED.values():
+            found = pattern.match(path.name)
+            if found:
+                return int(found.group(1))
+        return None
+
+    def relative(self, path: Path) -> str:
+        """How the catalog names a file: its path relative to the index directory."""
+        return path.relative_to(self.root).as_posix()

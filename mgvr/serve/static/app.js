@@ -42,8 +42,23 @@ function splitPath(path) {
   return { folder: cut > 0 ? path.slice(0, cut) : "/", name: path.slice(cut + 1) };
 }
 
-function frameUrl(clipId, frame) {
-  return `/clips/${clipId}/frames/${frame}.jpg`;
+// The end of a long folder is what tells videos apart: "…/holiday/2024" rather than
+// "/home/me/vid…".
+function shortFolder(folder, room = 36) {
+  if (folder.length <= room) return folder;
+  const parts = folder.split("/");
+  let tail = parts.pop();
+  while (parts.length && tail.length + parts[parts.length - 1].length + 1 <= room - 2) tail = `${parts.pop()}/${tail}`;
+  return `…/${tail}`;
+}
+
+function plural(count, word) {
+  return `${count} ${word}${count === 1 ? "" : "s"}`;
+}
+
+// A clip's frames are one image: square tiles side by side, in sample order.
+function spriteUrl(clipId) {
+  return `/clips/${clipId}/frames.jpg`;
 }
 
 function showMessage(text, kind = "") {
@@ -74,14 +89,17 @@ function bar(fraction) {
   return node;
 }
 
-// A thumbnail that says why when there is none, instead of a broken image.
+// Frame `frame` of a clip: a square window onto its sprite (the image is as tall as the
+// window, so tile j starts j window-widths in). Where there is no sprite, a placeholder says
+// so instead of a broken image.
 function thumbnail(clipId, frame, alt, className) {
-  const img = el("img", { src: frameUrl(clipId, frame), alt, loading: "lazy", class: className });
+  const img = el("img", { src: spriteUrl(clipId), alt, draggable: "false" });
+  img.style.left = `${-frame * 100}%`;
+  const box = el("div", { class: `tile ${className}` }, img);
   img.addEventListener("error", () => {
-    const box = el("div", { class: `${className} no-thumb`, text: "no preview", title: alt });
-    img.replaceWith(box);
+    box.replaceWith(el("div", { class: `${className} no-thumb`, text: "no preview", title: alt }));
   });
-  return img;
+  return box;
 }
 
 // ---------------------------------------------------------------- URL <-> form
@@ -254,11 +272,11 @@ function render(answer, elapsed = 0, label = "") {
     }
     const shown = [...groups.values()].slice(0, state.limit);
     for (const clips of shown) results.append(videoCard(clips));
-    showMessage(`${shown.length} videos for ${label} in ${elapsed.toFixed(0)} ms${filtered ? " (filtered)" : ""} · ${timings} ms`);
+    showMessage(`${plural(shown.length, "video")} for ${label} in ${elapsed.toFixed(0)} ms${filtered ? " (filtered)" : ""} · ${timings} ms`);
     $("more-wrap").hidden = groups.size < state.limit;
   } else {
     for (const hit of hits) results.append(card(hit));
-    showMessage(`${hits.length} clips for ${label} in ${elapsed.toFixed(0)} ms${filtered ? " (filtered)" : ""} · ${timings} ms`);
+    showMessage(`${plural(hits.length, "clip")} for ${label} in ${elapsed.toFixed(0)} ms${filtered ? " (filtered)" : ""} · ${timings} ms`);
     $("more-wrap").hidden = hits.length < state.limit;
   }
 }
@@ -307,7 +325,7 @@ function card(hit) {
   }, image,
   el("div", { class: "meta" },
     el("div", { class: "name", title: hit.path, text: name }),
-    el("div", { class: "folder", title: folder, text: folder }),
+    el("div", { class: "folder", title: folder, text: shortFolder(folder) }),
     el("div", { class: "line" }, el("span", { text: `${clock(hit.start_s)}–${clock(hit.end_s)}` }),
       el("span", { class: "score", text: `score ${hit.score.toFixed(3)}` }))),
   hit.frame_times.length ? strip : null,
@@ -458,7 +476,9 @@ async function showStatus(push = true) {
       ["Index", s.index], ["Model", s.model], ["Files indexed", s.files_indexed],
       ["Clips", s.clips], ["Failed files", s.files_failed],
       ["Size on disk", `${(s.disk_bytes / 1e6).toFixed(1)} MB`], ["Generation", s.generation],
-      ["Coarse index", `${s.coarse.kind}, ${s.coarse.clips} clips${s.coarse.nlist ? `, nlist ${s.coarse.nlist}, nprobe ${s.coarse.nprobe}` : ""} (${s.coarse.backend})`],
+      ["Missing files", `${s.files_missing} (kept until the next runs remove them)`],
+      ["Coarse index", `${s.coarse.clips} clips in ${s.coarse.segments.length} segment${s.coarse.segments.length === 1 ? "" : "s"}: ` +
+        s.coarse.segments.map((g) => `${g.kind} ${g.clips}${g.dead ? ` (${g.dead} removed)` : ""}${g.nlist ? `, nlist ${g.nlist}, nprobe ${g.nprobe}` : ""}, ${g.backend}`).join("; ")],
       ["Frames per clip", `${s.frames_per_clip}, clips of at most ${s.clip_seconds} s`],
       ["Device", s.device], ["Queries served", s.queries_served], ["Up for", clock(s.uptime_s)],
     ];
@@ -469,8 +489,10 @@ async function showStatus(push = true) {
       s.runs.map((r) => [new Date(r.started_at * 1000).toLocaleString(),
         r.finished_at ? `${(r.finished_at - r.started_at).toFixed(1)} s` : "did not finish",
         r.root, r.indexed, r.unchanged, r.moved, r.removed, r.failed]));
+    const missing = table(["File", "Missing since"], s.missing.map((m) => [m.path, new Date(m.since * 1000).toLocaleString()]));
     view.replaceChildren(el("h2", { text: "Index status" }), list,
       el("h3", { text: `Failed files (${s.failed.length})` }), s.failed.length ? failed : el("p", { text: "None." }),
+      ...(s.missing.length ? [el("h3", { text: `Missing files (${s.missing.length})` }), missing] : []),
       el("h3", { text: "Recent runs" }), s.runs.length ? runs : el("p", { text: "No runs recorded." }));
   } catch (error) {
     view.replaceChildren(el("p", { class: "error", text: error.message }));

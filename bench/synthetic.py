@@ -1,5 +1,7 @@
-"""Synthetic indexes for benchmarks and tests: CLIP-like features written through the real
-storage API (Parquet parts with their sidecars, FAISS, SQLite catalog), with no video decoding.
+"""Synthetic indexes for benchmarks and tests: CLIP-like features written through mgvr's own
+IndexWriter (so through the one commit protocol: Parquet parts with their sidecars, FAISS
+segments, SQLite catalog), with no video decoding. Not shipped in the package; tests import it
+from bench/ (see tests/conftest.py).
 
 The features imitate what makes text-to-video search easy or hard in CLIP space: every clip
 shares an "image" direction (clip-clip cosine ~0.4), content lives in a low-rank subspace of
@@ -17,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from mgvr.config import IndexConfig, ModelIdentity
-from mgvr.storage.catalog import Catalog, NewClip, VideoUpdate
-from mgvr.storage.coarse import CoarseIndex
-from mgvr.storage.fine import FinePartWriter, FineRow
+from mgvr.indexer.writer import EncodedClip, FileFacts, IndexWriter
+from mgvr.storage.catalog import Catalog
 from mgvr.storage.layout import IndexLayout
-from mgvr.storage.maintenance import part_metadata
+from mgvr.storage.merge import merge_segments
 
 PART_ROWS = 2000  # what `mgvr index` commits at most per part
 CLIP_SECONDS = 15.0
@@ -81,59 +82,42 @@ def topics_for(clips: int) -> int:
 
 
 def write_index(root: Path, identity: ModelIdentity, clips: int, frames: int,
-                space: SyntheticSpace, seed: int = 0, part_rows: int = PART_ROWS) -> None:
+                space: SyntheticSpace, seed: int = 0, part_rows: int = PART_ROWS,
+                merge: bool = True) -> None:
     """Create an mgvr index of `clips` synthetic clips in `root` (which must not hold one).
 
-    Videos of 1 to 40 clips (15 s each) under /synthetic/; parts of `part_rows` rows, each
-    registered in the catalog when closed; one FAISS generation at the end (whose layout the
-    size decides), which is when the index becomes searchable.
+    Videos of 1 to 40 clips (15 s each) under /synthetic/, committed every `part_rows` clips
+    (as `mgvr index` commits), then, with `merge`, every segment merged into one (as
+    `mgvr compact` does): the layout a large, settled index has.
     """
     rng = np.random.default_rng(seed)
     layout = IndexLayout(root)
     if layout.exists():
         raise FileExistsError(f"{root}: already holds an index")
     root.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog.create(layout.catalog)
     config = IndexConfig(model=identity, frames_per_clip=frames, clip_seconds=CLIP_SECONDS)
     config.save(root)
-    catalog = Catalog(layout.catalog)
-    coarse = CoarseIndex.empty(identity.embed_dim)
-    metadata = part_metadata(config)
     frame_times = ((np.arange(frames, dtype=np.float32) + 0.5) * CLIP_SECONDS / frames)
-    next_clip_id, video = catalog.next_clip_id(), 0
+    writer = IndexWriter(layout, catalog, config)
+    video = 0
     try:
         for start in range(0, clips, part_rows):
             count = min(part_rows, clips - start)
             features, vectors = space.clips(count, frames, rng)
-            name = layout.fine_part_name(catalog.next_part_number())
-            writer = FinePartWriter(layout.fine_part(name), metadata)
-            ids = np.arange(next_clip_id, next_clip_id + count, dtype=np.int64)
-            updates, row = [], 0
+            row = 0
             while row < count:
                 length = min(int(rng.integers(1, 41)), count - row)
-                new_clips = []
-                for index in range(length):
-                    offset = index * CLIP_SECONDS
-                    writer.append(FineRow(int(ids[row]), frame_times + offset,
-                                          features[row].astype(np.float16), vectors[row]))
-                    new_clips.append(NewClip(int(ids[row]), index, offset, offset + CLIP_SECONDS,
-                                             frames, name, row))
-                    row += 1
-                updates.append(VideoUpdate(f"/synthetic/video-{video:07d}.mp4", 1000 + video,
-                                           video, "indexed", tuple(new_clips),
-                                           duration_s=length * CLIP_SECONDS, width=640,
-                                           height=360))
+                encoded = [EncodedClip(index, index * CLIP_SECONDS, (index + 1) * CLIP_SECONDS,
+                                       frame_times + index * CLIP_SECONDS, features[row + index],
+                                       vectors[row + index]) for index in range(length)]
+                writer.add(FileFacts(f"/synthetic/video-{video:07d}.mp4", 1000 + video, video,
+                                     None, length * CLIP_SECONDS, 640, 360), encoded)
+                row += length
                 video += 1
-            writer.close()
-            coarse.add(ids, vectors)
-            next_clip_id += count
-            with catalog.transaction():
-                catalog.add_part(name, count)
-                for update in updates:
-                    catalog.apply(update)
-                catalog.set_next_clip_id(next_clip_id)
-        generation = catalog.generation() + 1
-        coarse.save(layout.coarse(generation))
-        with catalog.transaction():
-            catalog.set_generation(generation)
+            writer.commit()
+        if merge:
+            merge_segments(layout, catalog, config, budget_s=None, everything=True)
     finally:
+        writer.abort()
         catalog.close()
