@@ -44,7 +44,7 @@ function splitPath(path) {
 
 // The end of a long folder is what tells videos apart: "…/holiday/2024" rather than
 // "/home/me/vid…".
-function shortFolder(folder, room = 36) {
+function shortFolder(folder, room = 30) {
   if (folder.length <= room) return folder;
   const parts = folder.split("/");
   let tail = parts.pop();
