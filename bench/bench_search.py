@@ -47,7 +47,6 @@ from synthetic import SyntheticSpace, topics_for, write_index
 from mgvr.config import IndexConfig
 from mgvr.model.clip import ClipEncoder, pick_device
 from mgvr.model.scoring import rerank_score
-from mgvr.retriever.recall import search_on_one_thread
 from mgvr.retriever.rerank import batch_candidates
 from mgvr.retriever.search import Retriever
 from mgvr.storage.coarse import recall_at_k
@@ -80,6 +79,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads for text encoding and rerank (default: torch's "
                         "choice; the README's figures use 1); FAISS searches on one thread")
+    p.add_argument("--incremental", type=int, default=0, metavar="COMMITS",
+                   help="after building, make this many incremental commits on a copy of the "
+                        "index (each adds --commit-clips clips and removes a share of the "
+                        "files, then merges as an index run does) and measure that copy")
+    p.add_argument("--commit-clips", type=int, default=100)
+    p.add_argument("--delete-share", type=float, default=0.05,
+                   help="share of all clips removed over the incremental commits (0.05)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", type=Path, help="also write the JSON result here")
     args = p.parse_args(argv)
@@ -306,6 +312,72 @@ def report(result: dict, build_s: float | None) -> None:
               f"{ex['top10_overlap_with_exhaustive']}")
 
 
+def incremental_copy(root: Path, args: argparse.Namespace, space: SyntheticSpace) -> dict:
+    """A copy of the built index (files hard-linked: they are immutable; the catalog copied)
+    that then receives `--incremental` commits as cron runs would make them: each adds
+    `--commit-clips` new clips, removes a share of the files (tombstones), commits through the
+    IndexWriter and runs the merge policy within the default budget. Returns what the commits
+    cost and the copy's path."""
+    from mgvr.indexer.options import IndexOptions
+    from mgvr.indexer.writer import EncodedClip, FileFacts, IndexWriter
+    from mgvr.storage.layout import IndexLayout
+    from mgvr.storage.merge import merge_segments
+
+    copy = root.with_name(root.name + f"-inc{args.incremental}")
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(root, copy, copy_function=os.link)
+    (copy / "catalog.sqlite").unlink()
+    shutil.copy2(root / "catalog.sqlite", copy / "catalog.sqlite")
+    layout = IndexLayout(copy)
+    catalog = layout.open_catalog()
+    config = IndexConfig.load(copy)
+    rng = np.random.default_rng(args.seed + 7)
+    paths = sorted(catalog.videos_under("/synthetic"))
+    total = catalog.counts()["clips"]
+    per_commit = int(total * args.delete_share / args.incremental)
+    frame_times = (np.arange(args.frames, dtype=np.float32) + 0.5) * 15.0 / args.frames
+    from mgvr.storage.commit import Commit
+
+    segment_ms = _timed(Commit, "add_segment")  # the coarse part of each commit
+    commit_s, coarse_s, coarse_bytes, fine_bytes, merge_s, removed = [], [], [], [], [], 0
+    for number in range(args.incremental):
+        writer = IndexWriter(layout, catalog, config)
+        features, vectors = space.clips(args.commit_clips, args.frames, rng)
+        for start in range(0, args.commit_clips, 10):  # files of 10 clips
+            clips = [EncodedClip(i, i * 15.0, (i + 1) * 15.0, frame_times + i * 15.0,
+                                 features[start + i], vectors[start + i])
+                     for i in range(min(10, args.commit_clips - start))]
+            writer.add(FileFacts(f"/synthetic/new-{number:03d}-{start:05d}.mp4", 1, 1, None,
+                                 150.0, 640, 360), clips)
+        dropped = 0
+        while dropped < per_commit and paths:
+            path = paths.pop(int(rng.integers(len(paths))))
+            dropped += len(catalog.clip_ids_of(path) or [])
+            writer.remove(path)
+        removed += dropped
+        before = set(catalog.files())
+        segment_ms.clear()
+        started = time.perf_counter()
+        writer.commit()
+        commit_s.append(time.perf_counter() - started)
+        coarse_s.append(sum(segment_ms))
+        new = {name: size for name, (size, _) in catalog.files().items() if name not in before}
+        coarse_bytes.append(sum(size for name, size in new.items() if name.startswith("coarse/")))
+        fine_bytes.append(sum(size for name, size in new.items() if name.startswith("fine/")))
+        started = time.perf_counter()
+        merge_segments(layout, catalog, config, IndexOptions().merge_budget_s)
+        merge_s.append(time.perf_counter() - started)
+    segments = catalog.segments()
+    catalog.close()
+    return {"root": copy, "commits": args.incremental, "clips_per_commit": args.commit_clips,
+            "clips_removed": removed, "commit_ms": percentiles([s * 1000 for s in commit_s]),
+            "coarse_ms": percentiles(coarse_s),
+            "coarse_bytes_max": max(coarse_bytes), "fine_bytes_max": max(fine_bytes),
+            "merge_ms": percentiles(
+                [s * 1000 for s in merge_s]), "segments_after": len(segments)}
+
+
 def ram_per_clip(root: Path, clips: int, queries: int, seed: int) -> dict[str, float]:
     """RSS growth from opening the index and searching it, per clip, in a fresh process with
     torch imported but no model loaded and nothing else allocated (freed memory that the
@@ -333,8 +405,21 @@ def one_size(args: argparse.Namespace, clips: int, workdir: Path) -> dict:
     print(f"\nbuilding {clips:,} clips in {root} ({shutil.disk_usage(workdir).free / 1e9:.0f} GB "
           "free) ...", flush=True)
     build_s = ensure_index(root, encoder, clips, args.frames, args.seed, space)
-    search_on_one_thread()  # after the build, whose IVF training uses every core
+    incremental = None
+    if args.incremental:
+        incremental = incremental_copy(root, args, space)
+        root = incremental.pop("root")
+        inc = incremental
+        print(f"  {inc['commits']} incremental commits of {args.commit_clips} clips (removing "
+              f"{inc['clips_removed']:,} clips in all): whole commit p50 "
+              f"{inc['commit_ms']['p50']:.1f} ms (p95 {inc['commit_ms']['p95']:.1f}), its coarse "
+              f"part p50 {inc['coarse_ms']['p50']:.1f} ms (p95 {inc['coarse_ms']['p95']:.1f}); "
+              f"written at most {inc['coarse_bytes_max'] / 1e6:.3f} MB coarse + "
+              f"{inc['fine_bytes_max'] / 1e6:.2f} MB fine; merges p50 "
+              f"{inc['merge_ms']['p50']:.1f} ms; {inc['segments_after']} segments after",
+              flush=True)
     result = measure(root, clips, args, space, encoder)
+    result["incremental"] = incremental
     result["build_s"] = round(build_s, 1) if build_s else None
     result["root"] = str(root)
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -465,10 +465,8 @@ def _search_here(index_dir: Path, request: ServedSearch, image: Path | None,
                  device: str | None, threads: int | None):
     """The search in this process: (result, the model's context length)."""
     from mgvr.retriever import Retriever
-    from mgvr.retriever.recall import search_on_one_thread
 
     set_torch_threads(threads)
-    search_on_one_thread()
     retriever = Retriever(index_dir, device=device, model=request.model,
                           pretrained=request.pretrained)
     counts = (request.limit, request.rerank_depth, request.rerank, request.search_filter)

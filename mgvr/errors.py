@@ -63,6 +63,10 @@ class LockedError(MgvrError):
     exit_code = EXIT_LOCKED
 
 
+class ReadOnlyIndexError(MgvrError):
+    """The index cannot be written by this user (a read-only mount, another user's folder)."""
+
+
 class IndexDamagedError(MgvrError):
     """A file of the index is missing, unreadable or fails its checksum; the message says how
     to recover (usually `mgvr verify --repair`)."""

@@ -19,7 +19,7 @@ from mgvr.storage.fine import (
     sidecar_path,
 )
 from mgvr.storage.layout import IndexLayout, default_index_dir
-from mgvr.storage.maintenance import remove_orphans, unregistered_files
+from mgvr.storage.orphans import remove_orphans, unregistered_files
 
 
 def _unit(rng, *shape):

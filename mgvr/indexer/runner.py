@@ -93,7 +93,8 @@ class Indexer:
         run_id = catalog.start_run("index", str(root), os.getpid())
         summary = RunSummary(str(root))
         try:
-            self._run_locked(root, catalog, summary)
+            with disk_full_as_error(self.layout):  # so the run records the one-line reason
+                self._run_locked(root, catalog, summary)
         except BaseException as e:
             message = str(e) or type(e).__name__
             with contextlib.suppress(Exception):  # a full disk may refuse this too
@@ -111,7 +112,7 @@ class Indexer:
                 "deferred": summary.deferred, "clips_added": summary.clips_added}
 
     def _run_locked(self, root: Path, catalog: Catalog, summary: RunSummary) -> None:
-        from mgvr.storage.maintenance import remove_orphans
+        from mgvr.storage.orphans import remove_orphans
 
         remove_orphans(self.layout, catalog)
         plan = discover.plan(root, catalog, self.options.retry_failed,
@@ -126,6 +127,8 @@ class Indexer:
             raise UsageError(f"{root}: no video files found (by extension such as .mp4 .mkv "
                              ".webm .mov .avi, or by container signature); check the folder")
         config = self._config(catalog)
+        if not (plan.to_index or plan.vanished or plan.moved or plan.restored):
+            return  # nothing to write: no writer, no FAISS, no model
         from mgvr.indexer.writer import IndexWriter
 
         writer = IndexWriter(self.layout, catalog, config)

@@ -12,6 +12,7 @@ ID selector), else, and whenever a filter is given, exact float16 matmul with to
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import faiss
@@ -22,22 +23,22 @@ from mgvr.storage.catalog import SegmentRecord
 from mgvr.storage.coarse import SegmentLayout, search_parameters, segment_items
 
 GPU_MAX_K = 2048  # FAISS GPU's largest k
+_searching_thread = threading.local()
+
+
+def _one_openmp_thread() -> None:
+    """A single query is answered on one OpenMP thread: on a small, shared CPU, OpenMP's thread
+    barriers cost far more than the scan (measured on 2 busy cores: recall p50 210 ms on two
+    threads vs 0.6 ms on one, 7 small segments). OpenMP keeps the setting per thread, so it is
+    made once for each thread that searches, never switched back and forth."""
+    if not getattr(_searching_thread, "single", False):
+        faiss.omp_set_num_threads(1)
+        _searching_thread.single = True
 
 
 def faiss_has_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
-
-def search_on_one_thread() -> None:
-    """Let FAISS answer the calling thread's searches on one OpenMP thread.
-
-    A single query is answered faster on one thread: on a small, shared CPU, OpenMP's thread
-    barriers cost far more than the scan (measured on 2 busy cores: 40 ms vs 7.5 ms at
-    100,000 vectors). OpenMP keeps this count per thread, so each thread that searches calls
-    this once when it starts (`mgvr search`'s main thread, each of `mgvr serve`'s search
-    threads), never per query.
-    """
-    faiss.omp_set_num_threads(1)
 
 
 def id_bitmap(ids: np.ndarray, size: int, value: bool) -> np.ndarray:
@@ -128,6 +129,8 @@ class CoarseSearcher:
         """(Q, D) float32 -> (scores, clip ids), each (Q, k') best first, over live clips
         (and only `allowed_ids`, sorted int64, when given). Missing places have id -1."""
         queries = np.ascontiguousarray(queries, np.float32)
+        if len(queries) == 1:
+            _one_openmp_thread()
         allowed_bitmap = None
         if allowed_ids is not None:
             allowed_bitmap = id_bitmap(allowed_ids, self.id_limit, True)

@@ -167,13 +167,15 @@ class Retriever:
     def _clip_records(self, generation: _Generation, clip_ids: list[int]
                       ) -> dict[int, ClipRecord]:
         """Catalog rows of these clips (those still in the catalog), cached per generation."""
-        cache = generation.records
+        cache = generation.records  # shared by threads: only get, update and clear
+        fetched: dict[int, ClipRecord] = {}
         missing = [i for i in clip_ids if i not in cache]
         if missing:
-            if len(cache) + len(missing) > CLIP_RECORD_CACHE:
+            fetched = self._catalog().clips_by_ids(missing)
+            if len(cache) + len(fetched) > CLIP_RECORD_CACHE:
                 cache.clear()
-            cache.update(self._catalog().clips_by_ids(missing))
-        return {i: cache[i] for i in clip_ids if i in cache}
+            cache.update(fetched)
+        return {i: r for i in clip_ids if (r := cache.get(i) or fetched.get(i)) is not None}
 
     def thumbnail_sprite(self, clip_id: int) -> tuple[bytes, int, int] | None:
         """(JPEG, tile pixels, frames) of a clip's stored frame sprite: its sampled frames

@@ -1,9 +1,10 @@
 """SearchService: what the routes do, over one warm Retriever shared by every request.
 
-Searches run concurrently on a pool of search threads (no lock around them): each thread sets
-FAISS to one OpenMP thread once when it starts, and torch's thread count is set once for the
-process by `mgvr serve --threads`. The routes only await the pool, so the event loop keeps
-answering /health, files and new connections while searches run.
+Searches run concurrently on a pool of search threads (no lock around them): FAISS answers
+each thread's queries on one OpenMP thread (set once per thread by the recall stage), and
+torch's thread count is set once for the process by `mgvr serve --threads`. The routes only
+await the pool, so the event loop keeps answering /health, files and new connections while
+searches run.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import dataclass, replace
 
 from mgvr.errors import MgvrError, UsageError
 from mgvr.retriever.filters import SearchFilter
-from mgvr.retriever.recall import search_on_one_thread
 from mgvr.retriever.results import search_document
 from mgvr.retriever.search import Retriever
 from mgvr.serve import discovery
@@ -52,8 +52,7 @@ class SearchService:
         self.retriever = retriever
         self.index = discovery.index_key(retriever.layout.root)
         self.started_at = time.time()
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="mgvr-search",
-                                           initializer=search_on_one_thread)
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="mgvr-search")
         self._count_lock = threading.Lock()  # guards only the counter, never a search
         self.queries_served = 0
         # (generation, size, mtime_ns) the catalog records for a video path, so the video

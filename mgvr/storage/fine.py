@@ -15,6 +15,7 @@ part, so a committed part always has a complete sidecar.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap
@@ -207,7 +208,8 @@ class _SidecarWriter:
         self.tmp.replace(self.path)
 
     def abort(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):
+            self.file.close()
         self.tmp.unlink(missing_ok=True)
 
 
@@ -285,7 +287,10 @@ class FinePartWriter:
         self.tmp.replace(self.path)
 
     def abort(self) -> None:
-        self.writer.close()
+        """Drop the unfinished part (closing may fail again on a full disk: the files go
+        anyway)."""
+        with contextlib.suppress(OSError):
+            self.writer.close()
         self.tmp.unlink(missing_ok=True)
         self.sidecar.abort()
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mgvr.errors import LockedError
+from mgvr.errors import LockedError, ReadOnlyIndexError
 
 POLL_S = 0.2
 
@@ -31,7 +31,13 @@ class WriterLock:
 
     def _open(self) -> int | None:
         if not self.shared:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except PermissionError as e:
+                raise ReadOnlyIndexError(
+                    f"{self.path.parent}: this user cannot write the index (permission denied "
+                    f"on {self.path.name}); search, status and verify work read-only; run "
+                    f"`mgvr {self.command}` as a user who can write it") from e
         try:
             return os.open(self.path, os.O_RDONLY)
         except OSError:

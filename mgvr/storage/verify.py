@@ -37,7 +37,7 @@ from mgvr.storage.fine import (
     write_sidecar,
 )
 from mgvr.storage.layout import IndexLayout
-from mgvr.storage.maintenance import remove_orphans, unregistered_files
+from mgvr.storage.orphans import remove_orphans, unregistered_files
 
 TOLERANCE = {"flat": 1e-4, "ivf-flat": 1e-4, "ivf-sq8": 1e-2}  # FAISS vs the fine copy
 
