@@ -208,7 +208,7 @@ def first_pages(server: Server, queries: list[str]) -> dict:
         status, body, _ = text_query(search_connection, query, PAGE)
         hits = json.loads(body)["hits"] if status == 200 else []
         between = time.perf_counter()
-        answers = list(pool.map(fetch, [f"/clips/{h['clip_id']}/frames.jpg" for h in hits]))
+        answers = list(pool.map(fetch, [f"/clips/{h['clip_id']}/frames" for h in hits]))
         done = time.perf_counter()
         totals.append((done - started) * 1000)
         thumbs.append((done - between) * 1000)

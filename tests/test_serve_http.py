@@ -106,18 +106,18 @@ def test_frames_are_one_sprite_per_clip(library, client):
     from PIL import Image
 
     _, _, clips = library
-    answer = client.get(f"/clips/{clips['kept.mp4']}/frames.jpg")
-    assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+    answer = client.get(f"/clips/{clips['kept.mp4']}/frames")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/webp"
     assert "immutable" in answer.headers["cache-control"]
     with Image.open(io.BytesIO(answer.content)) as sprite:
         frames = sprite.width // sprite.height
         assert sprite.width == frames * sprite.height and frames > 1  # square tiles in a row
     hits = client.get("/search", params={"q": "x", "name": "kept.mp4"}).json()["hits"]
     assert len(hits[0]["frame_times"]) == frames
-    for url in ["/clips/999999/frames.jpg", "/clips/x/frames.jpg", "/clips/1/frames.png"]:
+    for url in ["/clips/999999/frames", "/clips/x/frames", "/clips/1/frames.png"]:
         answer = client.get(url)
         assert answer.status_code == 404 and "error" in answer.json(), url
-    assert client.get("/clips/999999/frames.jpg").json()["reason"] == "no-thumbnails"
+    assert client.get("/clips/999999/frames").json()["reason"] == "no-thumbnails"
 
 
 def test_only_the_indexed_file_is_served(library, client, tmp_path):
@@ -137,8 +137,8 @@ def test_only_the_indexed_file_is_served(library, client, tmp_path):
         answer = client.get(f"/clips/{clips['gone.mp4']}/video")
         assert answer.status_code == 404 and answer.json()["reason"] == "gone"
         assert "the video is gone" in answer.json()["error"]
-        sprite = client.get(f"/clips/{clips['gone.mp4']}/frames.jpg")  # kept in the index
-        assert sprite.status_code == 200 and sprite.content.startswith(b"\xff\xd8")
+        sprite = client.get(f"/clips/{clips['gone.mp4']}/frames")  # kept in the index
+        assert sprite.status_code == 200 and sprite.content[8:12] == b"WEBP"
         hits = client.get("/search", params={"q": "mandelbrot", "limit": 10}).json()["hits"]
         states = {os.path.basename(h["path"]): h["video"] for h in hits}
         assert states["gone.mp4"] == "gone" and states["kept.mp4"] == "ok"

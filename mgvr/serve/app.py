@@ -12,8 +12,9 @@
                                     -> the `mgvr search --json` document (mgvr.search/1) plus
                                     "context_length" and each hit's "video" ("ok" or "gone")
     GET  /search?q=TEXT&...         the same fields as parameters (q, like, at, after, before)
-    GET  /clips/{clip_id}/frames.jpg  the clip's frames as one JPEG, square tiles side by side
-                                    in sample order (made at index time; cached by browsers)
+    GET  /clips/{clip_id}/frames    the clip's frames as one image (WebP; JPEG in older
+                                    indexes), square tiles side by side in sample order (made
+                                    at index time; cached by browsers)
     GET  /clips/{clip_id}/video     the clip's video file, with HTTP Range (206) for seeking
 
 Errors answer {"error": one line, "exit_code": n}: 400 bad input (exit code 2, as the CLI),
@@ -86,11 +87,11 @@ def create_app(service: SearchService, token: str | None = None,
             raise UsageError("the body must be a JSON object, e.g. {\"query\": \"a man cooking\"}")
         return await _search(service, fields)
 
-    @app.get("/clips/{clip_id}/frames.jpg")
+    @app.get("/clips/{clip_id}/frames")
     async def frames(clip_id: int) -> Response:
-        sprite = await service.run(service.sprite, clip_id)
+        sprite, media_type = await service.run(service.sprite, clip_id)
         # A clip id is never reused and its frames never change: the browser may keep them.
-        return Response(sprite, media_type="image/jpeg",
+        return Response(sprite, media_type=media_type,
                         headers={"Cache-Control": "private, max-age=31536000, immutable"})
 
     @app.get("/clips/{clip_id}/video")

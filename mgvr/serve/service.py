@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from mgvr.errors import MgvrError, UsageError
+from mgvr.indexer.thumbnails import MEDIA_TYPE
 from mgvr.retriever.filters import SearchFilter
 from mgvr.retriever.results import search_document
 from mgvr.retriever.search import Retriever
@@ -117,14 +118,16 @@ class SearchService:
         return {"status": "ok", "pid": os.getpid(), "index": self.index}
 
     # files --------------------------------------------------------------------------------
-    def sprite(self, clip_id: int) -> bytes:
-        """The clip's stored frame sprite (JPEG: its sampled frames side by side, square
-        tiles in sample order), made at index time, so it outlives the video file."""
+    def sprite(self, clip_id: int) -> tuple[bytes, str]:
+        """(image, its media type): the clip's stored frame sprite (its sampled frames side by
+        side, square tiles in sample order), made at index time, so it outlives the video."""
         found = self.retriever.thumbnail_sprite(clip_id)
         if found is None:
             raise NotFound(f"clip {clip_id} has no thumbnails (not in the index, or indexed "
                            "before mgvr stored them)", "no-thumbnails")
-        return found[0]
+        image = found[0]
+        # Indexes from before WebP sprites hold JPEG ones: name what these bytes are.
+        return image, ("image/jpeg" if image.startswith(b"\xff\xd8") else MEDIA_TYPE)
 
     def video_path(self, clip_id: int) -> str:
         """The video file of a clip, if it is still the file that was indexed: same size and

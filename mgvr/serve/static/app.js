@@ -58,7 +58,7 @@ function plural(count, word) {
 
 // A clip's frames are one image: square tiles side by side, in sample order.
 function spriteUrl(clipId) {
-  return `/clips/${clipId}/frames.jpg`;
+  return `/clips/${clipId}/frames`;
 }
 
 function showMessage(text, kind = "") {
