@@ -40,7 +40,6 @@ def faiss_has_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-
 def id_bitmap(ids: np.ndarray, size: int, value: bool) -> np.ndarray:
     """A FAISS IDSelectorBitmap bitmap of `size` ids where `ids` are `value` and all others
     are not (bit i of byte i // 8, least significant first)."""
