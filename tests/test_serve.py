@@ -9,16 +9,23 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import run_cli
+from PIL import Image
 from synthetic import SyntheticSpace, write_index
 
 from mgvr.model.clip import ClipEncoder
+from mgvr.retriever.filters import SearchFilter
 from mgvr.retriever.search import Retriever
 from mgvr.serve import discovery
-from mgvr.serve.client import request, search_via_server
+from mgvr.serve.client import ServedSearch, request, search_via_server
 
 QUERY = "a red car on a bridge"
+
+
+def _text(limit: int) -> ServedSearch:
+    return ServedSearch(QUERY, None, limit, 50, True)
 
 
 @pytest.fixture(scope="module")
@@ -58,22 +65,28 @@ def test_health_status_and_search_endpoints(served):
     assert payload["coarse"]["clips"] == 3000
     assert [s["backend"] for s in payload["coarse"]["segments"]] == ["faiss-cpu-flat"]
     assert payload["catalog"]["clips"] == 3000
+    assert payload["files_indexed"] == payload["catalog"]["videos_indexed"] > 0
+    assert payload["failed"] == [] and payload["disk_bytes"] > 0
 
     status, posted = request(info, "POST", "/search", {"query": QUERY, "limit": 5})
     assert status == 200 and posted["schema"] == "mgvr.search/1" and posted["reranked"]
     assert [hit["rank"] for hit in posted["hits"]] == [1, 2, 3, 4, 5]
     assert posted["context_length"] == 77
     assert set(posted["timings_ms"]) == {"text_encode", "recall", "fetch", "rerank"}
+    assert posted["query_kind"] == "text" and posted["filter"] == {}
+    assert {hit["video"] for hit in posted["hits"]} == {"gone"}  # synthetic paths
     status, got = request(info, "GET", "/search?q=a+red+car+on+a+bridge&limit=5")
     assert status == 200 and got["hits"] == posted["hits"]
 
 
 @pytest.mark.parametrize("method, path, body, status, message", [
     ("POST", "/search", {"query": "  "}, 400, "empty query"),
-    ("POST", "/search", {"query": "x", "limit": 0}, 400, "--limit must be positive"),
-    ("POST", "/search", {"query": "x", "rerank": "yes"}, 400, "must be true or false"),
+    ("POST", "/search", {"query": "x", "limit": 0}, 400,
+     '"limit": Input should be greater than or equal to 1 (got 0)'),
+    ("POST", "/search", {"query": "x", "rerank": "maybe"}, 400, '"rerank": Input should be'),
     ("POST", "/search", {"query": "x", "index": "/elsewhere"}, 409, "not /elsewhere"),
     ("GET", "/nowhere", None, 404, "no endpoint /nowhere"),
+    ("DELETE", "/search", None, 405, "DELETE is not supported on /search; use GET or POST"),
 ])
 def test_bad_requests_get_one_line_errors(served, method, path, body, status, message):
     _, _, info = served
@@ -97,14 +110,32 @@ def test_cli_search_is_answered_by_the_server_like_in_process(served):
     assert "Traceback" not in refused.stderr
 
 
+def test_cli_image_search_and_filters_go_through_the_server(served, tmp_path):
+    root, _, info = served
+    picture = tmp_path / "query.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), np.uint8)).save(
+        picture)
+    before = _served_count(info)
+    result = run_cli("search", "--image", str(picture), "--index", str(root), "--json", "-n", "5",
+                     "--name", "video-00000")
+    assert result.returncode == 0, result.stderr
+    assert _served_count(info) == before + 1
+    document = json.loads(result.stdout)
+    assert document["query_kind"] == "image" and document["query"] == "query.png"
+    local = Retriever(root, device="cpu").search_image(
+        picture, limit=5, search_filter=SearchFilter(name="video-00000"))
+    assert [h["clip_id"] for h in document["hits"]] == [h.clip_id for h in local.hits]
+    assert all("/video-00000" in h["path"] for h in document["hits"])
+
+
 def test_a_server_of_another_index_is_not_used(served, tmp_path):
     root, _, info = served
     copy = shutil.copytree(root, tmp_path / "copy")  # serve.json included: names the original
     before = _served_count(info)
-    assert search_via_server(copy, QUERY, 3, 50, True) is None  # `mgvr search` goes in-process
+    assert search_via_server(copy, _text(3)) is None  # `mgvr search` goes in-process
     assert _served_count(info) == before  # the server refused a request for another index
-    assert search_via_server(root, QUERY, 3, 50, True, device="cuda:0") is None
-    result, context_length = search_via_server(root, QUERY, 3, 50, True, device="cpu")
+    assert search_via_server(root, _text(3), device="cuda:0") is None
+    result, context_length = search_via_server(root, _text(3), device="cpu")
     assert len(result.hits) == 3 and context_length == 77
 
 
@@ -115,9 +146,9 @@ def test_stale_or_unreachable_server_files_are_ignored(served, tmp_path):
     for pid, port in [(dead.pid, info.port), (os.getpid(), _closed_port())]:
         discovery.write(tmp_path, discovery.ServeInfo(pid, port, os.path.realpath(tmp_path),
                                                       "cpu", time.time()))
-        assert search_via_server(tmp_path, QUERY, 5, 50, True) is None
+        assert search_via_server(tmp_path, _text(5)) is None
     (tmp_path / discovery.SERVE_FILENAME).write_text("{not json")
-    assert search_via_server(tmp_path, QUERY, 5, 50, True) is None
+    assert search_via_server(tmp_path, _text(5)) is None
 
 
 def _closed_port() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import open_clip
 import torch
+from PIL import Image
 
 from mgvr.config import ModelIdentity
 from mgvr.errors import IncompatibleIndexError, ModelLoadError, UsageError
@@ -30,16 +30,17 @@ class PreprocessSpec:
     resize_mode: str  # "shortest" (resize + center crop) | "squash" | "longest" (pad)
 
 
-@contextlib.contextmanager
-def _quiet_open_clip_logs():
-    """open_clip logs warnings such as 'initialized randomly' that mgvr reports itself."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
+class _RandomInitNotice(logging.Filter):
+    """Drops open_clip's 'Model initialized randomly' warning (logged on the root logger):
+    mgvr asks for random weights on purpose (`--pretrained none`) and records that in the
+    index. Installed once at import; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+if not any(isinstance(f, _RandomInitNotice) for f in logging.getLogger().filters):
+    logging.getLogger().addFilter(_RandomInitNotice())
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -66,11 +67,11 @@ class ClipEncoder:
         resolved = weights.resolve(model, pretrained)
         torch_device = pick_device(device)
         try:
-            with weights.hub_offline(resolved.offline_tag), torch.random.fork_rng(devices=[]), \
-                    _quiet_open_clip_logs():
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_INIT_SEED)
-                clip_model, _, _ = open_clip.create_model_and_transforms(
-                    resolved.model_name, pretrained=resolved.pretrained, device=torch_device)
+                clip_model = open_clip.create_model(
+                    resolved.model_name, pretrained=resolved.load_pretrained, device=torch_device,
+                    force_preprocess_cfg=resolved.preprocess or None)
         except (RuntimeError, FileNotFoundError, ValueError, OSError, KeyError) as e:
             raise ModelLoadError(
                 f"cannot load {resolved.model_name} with weights {resolved.pretrained or 'none'}: "
@@ -131,6 +132,23 @@ class ClipEncoder:
         if not outputs:
             return torch.empty(0, self.embed_dim)
         return torch.cat(outputs)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB pictures of any size -> (N, D) float32: the model's own eval
+        transform (open_clip's resize, crop and normalisation, which indexing reproduces
+        in ffmpeg), then the image tower, as for frames."""
+        if not images:
+            return torch.empty(0, self.embed_dim)
+        spec = self.preprocess
+        transform = open_clip.image_transform(spec.image_size, is_train=False, mean=spec.mean,
+                                              std=spec.std, resize_mode=spec.resize_mode,
+                                              interpolation=spec.interpolation)
+        pixels = torch.stack([transform(Image.fromarray(image)) for image in images])
+        with torch.autocast(self.device.type, dtype=torch.float16,
+                            enabled=self.device.type == "cuda"):
+            features = self.model.encode_image(pixels.to(self.device))
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, list[bool]]:

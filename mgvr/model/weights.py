@@ -12,13 +12,14 @@ import contextlib
 import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import open_clip
 import platformdirs
 from open_clip.pretrained import get_pretrained_cfg
+from open_clip.transform import merge_preprocess_dict
 
 from mgvr.errors import ModelLoadError, UsageError
 from mgvr.hashing import sha256_file
@@ -33,10 +34,15 @@ class ResolvedModel:
     """Arguments for open_clip plus what identifies the weights."""
 
     model_name: str  # as open_clip takes it
-    pretrained: str | None  # tag or file path for open_clip; None for random init / local-dir
+    pretrained: str | None  # tag or file path, as the index records it; None: random / local-dir
     weights_file: Path | None  # the file whose hash identifies the weights
     architecture: dict[str, Any] | None  # JSON config registered from a file, saved in the index
-    offline_tag: bool  # weights of a tag are cached: load them without touching the network
+    # What open_clip is asked to load: the cached file of a tag (so huggingface_hub is never
+    # asked, and never retries the network), else `pretrained` itself.
+    load_pretrained: str | None = None
+    # The tag's preprocessing (mean, std, resize), which open_clip applies for a tag but not
+    # for a file: passed as force_preprocess_cfg when a tag is loaded from its cached file.
+    preprocess: dict[str, Any] = field(default_factory=dict)
 
 
 def register_architecture(architecture: dict[str, Any], name: str) -> None:
@@ -70,8 +76,7 @@ def resolve(model: str, pretrained: str | None) -> ResolvedModel:
                              "the folder that open_clip's push_to_hub/save wrote")
         # The same file open_clip will load, so the recorded hash identifies what was used.
         found = open_clip.factory._find_checkpoint_in_dir(folder)
-        return ResolvedModel(f"local-dir:{folder}", None, Path(found) if found else None, None,
-                             False)
+        return ResolvedModel(f"local-dir:{folder}", None, Path(found) if found else None, None)
 
     if model not in open_clip.list_models():
         raise UsageError(f"unknown model '{model}'; choose one of open_clip.list_models() "
@@ -79,7 +84,7 @@ def resolve(model: str, pretrained: str | None) -> ResolvedModel:
                          "or local-dir:PATH")
 
     if pretrained is None or pretrained.lower() in (RANDOM_INIT, "random", ""):
-        return ResolvedModel(model, None, None, architecture, False)
+        return ResolvedModel(model, None, None, architecture)
 
     if not get_pretrained_cfg(model, pretrained):
         path = Path(pretrained)
@@ -87,7 +92,8 @@ def resolve(model: str, pretrained: str | None) -> ResolvedModel:
             raise UsageError(f"'{pretrained}' is neither a pretrained tag of {model} "
                              f"({_tags_hint(model)}) nor an existing weights file; "
                              "pass one of those, or 'none' for random weights")
-        return ResolvedModel(model, str(path.resolve()), path.resolve(), architecture, False)
+        return ResolvedModel(model, str(path.resolve()), path.resolve(), architecture,
+                             str(path.resolve()))
 
     cached = cached_tag_weights(model, pretrained)
     if cached is None and not hub_reachable():
@@ -96,7 +102,10 @@ def resolve(model: str, pretrained: str | None) -> ResolvedModel:
             "download them once on a machine with network (run any mgvr command there, or "
             "copy the HF cache), or pass --pretrained /path/to/weights.(bin|safetensors|pt)"
         )
-    return ResolvedModel(model, pretrained, cached, architecture, cached is not None)
+    if cached is None:
+        return ResolvedModel(model, pretrained, None, architecture, pretrained)
+    return ResolvedModel(model, pretrained, cached, architecture, str(cached),
+                         merge_preprocess_dict({}, get_pretrained_cfg(model, pretrained)))
 
 
 def _tags_hint(model: str) -> str:
@@ -133,22 +142,6 @@ def hub_reachable() -> bool:
             return True
     except OSError:
         return False
-
-
-@contextlib.contextmanager
-def hub_offline(enabled: bool):
-    """Keep huggingface_hub from retrying the network for weights already cached."""
-    if not enabled:
-        yield
-        return
-    from huggingface_hub import constants
-
-    previous = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = previous
 
 
 def file_sha256(path: Path) -> str:

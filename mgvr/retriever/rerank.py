@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,30 +36,15 @@ def batch_candidates(batch: FineBatch, device: torch.device) -> FineCandidates:
     )
 
 
-@contextlib.contextmanager
-def single_thread_on_cpu(device: torch.device) -> Iterator[None]:
-    """One query's rerank is a few small matmuls: on the CPU, waking intra-op threads costs more
-    than it saves, and on a busy machine far more (measured on 2 shared cores, rerank depth 50:
-    p95 50 ms on 2 threads, 5 ms on 1)."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def score_candidates(text: torch.Tensor, candidates: FineCandidates,
                      weights: RerankWeights = RerankWeights(),
-                     head: EercfHead | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(D,) text -> fine scores (N,) and each clip's best-matching moment (N,) in seconds.
+                     head: EercfHead | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(D,) query -> fine scores (N,), each clip's best-matching moment (N,) in seconds, and
+    the TIB gate over its frames (N, F), which the best moment is the argmax of.
 
     With a trained head, z = head(f) for the TIB and its W_g and W_f enter the scores."""
     query = text.to(candidates.frames.device).unsqueeze(0)
-    with single_thread_on_cpu(candidates.frames.device), torch.inference_mode():
+    with torch.inference_mode():
         z = head_frames(head, candidates.frames, candidates.mask)
         w_g = head.w_g if head is not None else None
         w_f = head.frame_weights(candidates.frames.shape[1]) if head is not None else None
@@ -69,4 +52,4 @@ def score_candidates(text: torch.Tensor, candidates: FineCandidates,
                                     candidates.mask, weights, w_g, w_f)
     best_frame = gate[0].argmax(dim=1).cpu().numpy()
     moments = candidates.frame_times[np.arange(len(best_frame)), best_frame]
-    return scores[0].cpu().numpy(), moments
+    return scores[0].cpu().numpy(), moments, gate[0].float().cpu().numpy()

@@ -18,14 +18,25 @@ class Hit:
     clip_id: int
     coarse_score: float
     reranked: bool
+    # The clip's sampled frames: their times and the TIB gate's weight on each (which frames
+    # matched; they sum to 1), for hits whose frames were scored (empty beyond the rerank
+    # depth). best_frame indexes the best moment's frame (the middle one when not scored).
+    best_frame: int = 0
+    frame_times: tuple[float, ...] = ()
+    frame_weights: tuple[float, ...] = ()
+
+
+QUERY_KINDS = ("text", "image", "clip")  # a sentence, an image, a clip's frame (more like this)
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    query: str
+    query: str  # the text; for an image its name, for "more like this" the clip and moment
     hits: tuple[Hit, ...]
     query_truncated: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
+    query_kind: str = "text"
+    filter: dict[str, str] = field(default_factory=dict)  # SearchFilter.to_json()
 
 
 def search_document(result: SearchResult, reranked: bool, rerank_depth: int) -> dict:
@@ -33,6 +44,8 @@ def search_document(result: SearchResult, reranked: bool, rerank_depth: int) -> 
     return {
         "schema": SEARCH_SCHEMA,
         "query": result.query,
+        "query_kind": result.query_kind,
+        "filter": result.filter,
         "query_truncated": result.query_truncated,
         "reranked": reranked,
         "rerank_depth": rerank_depth,

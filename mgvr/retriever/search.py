@@ -1,4 +1,5 @@
-"""Retriever: text -> coarse recall -> fine rerank -> hits with path, time range and best moment.
+"""Retriever: a query (text, image, or a clip's frame) -> coarse recall -> fine rerank -> hits
+with path, time range and best moment.
 
 Safe to share between threads (a server answers queries concurrently): each thread reads the
 catalog through its own read-only SQLite connection, and the searchable state of a generation
@@ -22,6 +23,8 @@ from mgvr.config import IndexConfig
 from mgvr.errors import IndexDamagedError, MgvrError, UsageError
 from mgvr.model.clip import ClipEncoder, load_for_index, pick_device
 from mgvr.model.head import EercfHead, load_head_for_index
+from mgvr.retriever.filters import SearchFilter
+from mgvr.retriever.images import ImageSource, image_name, read_image
 from mgvr.retriever.recall import CoarseSearcher, LoadedSegment
 from mgvr.retriever.rerank import batch_candidates, score_candidates
 from mgvr.retriever.results import Hit, SearchResult
@@ -199,26 +202,82 @@ class Retriever:
         vectors, truncated = self.encoder.encode_texts([text])
         return vectors[0], truncated[0]
 
+    def allowed_ids(self, search_filter: SearchFilter | None) -> np.ndarray | None:
+        """Sorted ids of the clips a filter allows; None when there is no filter."""
+        if not search_filter:
+            return None
+        return np.asarray(self._catalog().clip_ids_matching(**search_filter.catalog_arguments()),
+                          np.int64)
+
     def search(self, text: str, limit: int = DEFAULT_LIMIT,
-               rerank_depth: int = DEFAULT_RERANK_DEPTH, rerank: bool = True) -> SearchResult:
+               rerank_depth: int = DEFAULT_RERANK_DEPTH, rerank: bool = True,
+               search_filter: SearchFilter | None = None) -> SearchResult:
         if not text or not text.strip():
             raise UsageError("empty query; pass the text to search for, e.g. "
                              "mgvr search \"a man cooking\"")
-        if limit <= 0:
-            raise UsageError(f"--limit must be positive, not {limit}")
-        if rerank_depth <= 0:
-            raise UsageError(f"--rerank-depth must be positive, not {rerank_depth}")
+        _check_counts(limit, rerank_depth)
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         query, truncated = self.encode_query(text)
         timings["text_encode"] = (time.perf_counter() - clock) * 1000
-        hits = self.search_vector(query, limit, rerank_depth, rerank, timings)
-        return SearchResult(text, tuple(hits), truncated, timings)
+        return self._result(text, "text", query, limit, rerank_depth, rerank, search_filter,
+                            timings, truncated)
+
+    def search_image(self, image: ImageSource, limit: int = DEFAULT_LIMIT,
+                     rerank_depth: int = DEFAULT_RERANK_DEPTH, rerank: bool = True,
+                     search_filter: SearchFilter | None = None) -> SearchResult:
+        """Query by example: an image file (path or bytes) or an (H, W, 3) uint8 RGB array,
+        encoded with CLIP's image tower after the same resize and crop as indexed frames; its
+        vector takes the text vector's place in both stages."""
+        _check_counts(limit, rerank_depth)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        pixels = read_image(image)
+        query = self.encoder.encode_images([pixels])[0]
+        timings["image_encode"] = (time.perf_counter() - clock) * 1000
+        return self._result(image_name(image), "image", query, limit, rerank_depth, rerank,
+                            search_filter, timings)
+
+    def search_like(self, clip_id: int, moment_s: float | None = None,
+                    limit: int = DEFAULT_LIMIT, rerank_depth: int = DEFAULT_RERANK_DEPTH,
+                    rerank: bool = True,
+                    search_filter: SearchFilter | None = None) -> SearchResult:
+        """"More like this": the clip's stored feature of its frame nearest `moment_s` (the
+        middle frame when None) is CLIP's image embedding of that frame, so it is searched
+        as an image query without decoding or encoding anything."""
+        _check_counts(limit, rerank_depth)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        record = self._clip_records(self._generation(), [clip_id]).get(clip_id)
+        if record is None:
+            raise UsageError(f"clip {clip_id} is not in the index (its video was removed or "
+                             "re-indexed); search again and pick a current result")
+        row = self.fine.read_batch([(record.part, record.row)])
+        count = int(row.n_frames[0])
+        times = row.frame_times[0, :count]
+        frame = count // 2 if moment_s is None else int(np.abs(times - moment_s).argmin())
+        query = torch.nn.functional.normalize(
+            torch.from_numpy(row.features[0, frame].astype(np.float32)), dim=0)
+        timings["frame_fetch"] = (time.perf_counter() - clock) * 1000
+        return self._result(f"clip {clip_id} at {float(times[frame]):.1f}s", "clip", query,
+                            limit, rerank_depth, rerank, search_filter, timings)
+
+    def _result(self, query_text: str, kind: str, query: torch.Tensor, limit: int,
+                rerank_depth: int, rerank: bool, search_filter: SearchFilter | None,
+                timings: dict[str, float], truncated: bool = False) -> SearchResult:
+        clock = time.perf_counter()
+        allowed = self.allowed_ids(search_filter)
+        if allowed is not None:
+            timings["filter"] = (time.perf_counter() - clock) * 1000
+        hits = self.search_vector(query, limit, rerank_depth, rerank, timings, allowed)
+        return SearchResult(query_text, tuple(hits), truncated, timings, kind,
+                            search_filter.to_json() if search_filter else {})
 
     def search_vector(self, query: torch.Tensor, limit: int, rerank_depth: int, rerank: bool,
                       timings: dict[str, float],
                       allowed_ids: np.ndarray | None = None) -> list[Hit]:
         """Both stages for an encoded (D,) query; fills `timings` (ms) per stage.
+        `allowed_ids` (sorted int64), when given, is the only clips the search may return.
 
         A concurrent `mgvr compact` may delete a part between the catalog lookup and the
         read; the search then starts over on the catalog's new generation."""
@@ -266,14 +325,16 @@ class Retriever:
         timings["fetch"] = (time.perf_counter() - clock) * 1000
 
         clock = time.perf_counter()
-        fine_scores, moments = np.empty(0), np.empty(0)
+        fine_scores, moments, gates = np.empty(0), np.empty(0), np.empty((0, 0))
         if len(fine_ids):
-            fine_scores, moments = score_candidates(query, batch_candidates(batch, self.device),
-                                                    head=self.head)
+            fine_scores, moments, gates = score_candidates(
+                query, batch_candidates(batch, self.device), head=self.head)
         timings["rerank"] = (time.perf_counter() - clock) * 1000
 
         coarse_of = {int(i): float(s) for i, s in zip(clip_ids, coarse_scores, strict=True)}
         moment_of = {int(i): float(m) for i, m in zip(fine_ids, moments, strict=True)}
+        frames_of = {int(i): _frame_strip(batch.frame_times[n], gates[n], batch.n_frames[n])
+                     for n, i in enumerate(fine_ids)}
         if rerank:
             order = [int(fine_ids[i]) for i in np.argsort(-fine_scores, kind="stable")]
             score_of = {int(i): float(s) for i, s in zip(fine_ids, fine_scores, strict=True)}
@@ -284,12 +345,29 @@ class Retriever:
         hits = []
         for rank, clip_id in enumerate(order[:limit], start=1):
             record = records[clip_id]
+            best_frame, frame_times, frame_weights = frames_of.get(
+                clip_id, (record.n_frames // 2, (), ()))
             hits.append(Hit(rank, score_of.get(clip_id, coarse_of[clip_id]), record.video_path,
                             record.start_s, record.end_s,
                             moment_of.get(clip_id, (record.start_s + record.end_s) / 2),
-                            clip_id, coarse_of[clip_id], clip_id in moment_of and rerank))
+                            clip_id, coarse_of[clip_id], clip_id in moment_of and rerank,
+                            best_frame, frame_times, frame_weights))
         return hits
 
     def close(self) -> None:
         self._catalog().close()
         self._local.catalog = None
+
+
+def _check_counts(limit: int, rerank_depth: int) -> None:
+    if limit <= 0:
+        raise UsageError(f"--limit must be positive, not {limit}")
+    if rerank_depth <= 0:
+        raise UsageError(f"--rerank-depth must be positive, not {rerank_depth}")
+
+
+def _frame_strip(times: np.ndarray, gate: np.ndarray,
+                 count: int) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """(best frame, frame times, gate weights) of one reranked clip, for the hit."""
+    return (int(gate[:count].argmax()), tuple(round(float(t), 3) for t in times[:count]),
+            tuple(round(float(w), 4) for w in gate[:count]))

@@ -1,8 +1,9 @@
 """How `mgvr search` finds a running `mgvr serve`: a small JSON file in the index directory.
 
-`<index>/serve.json` holds the server's pid, port and the index it serves (resolved path). It is
-written atomically when the server is listening and removed when it stops; a file left by a
-killed server is recognised by its dead pid (or by a refused connection) and ignored.
+`<index>/serve.json` holds the server's pid, address, the index it serves (resolved path) and,
+when it needs one, its token (the file is readable by its owner only). It is written
+atomically when the server is listening and removed when it stops; a file left by a killed
+server is recognised by its dead pid (or by a refused connection) and ignored.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ class ServeInfo:
     index: str  # os.path.realpath of the index directory
     device: str
     started_at: float
-    host: str = HOST
+    host: str = HOST  # the address it listens on
+    token: str | None = None  # what every request must carry, when not on loopback only
+
+    @property
+    def connect_host(self) -> str:
+        """Where a client on this machine reaches it (a wildcard address means loopback)."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
 
     def alive(self) -> bool:
         """Whether the recorded process exists (it may still be another program reusing the pid;
@@ -53,7 +60,10 @@ def read(index_dir: Path) -> ServeInfo | None:
 def write(index_dir: Path, info: ServeInfo) -> None:
     path = Path(index_dir) / SERVE_FILENAME
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(asdict(info), indent=2) + "\n")
+    tmp.unlink(missing_ok=True)
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the token
+    with os.fdopen(descriptor, "w") as f:
+        f.write(json.dumps(asdict(info), indent=2) + "\n")
     tmp.replace(path)
 
 

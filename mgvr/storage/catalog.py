@@ -362,6 +362,36 @@ class Catalog:
             found.update((row[0], ClipRecord(row[0], path_of(row[1]), *row[2:])) for row in rows)
         return found
 
+    def clip_ids_matching(self, under: str | None = None, name: str | None = None,
+                          modified_after_ns: int | None = None,
+                          modified_before_ns: int | None = None) -> list[int]:
+        """Sorted ids of the clips whose video matches every condition given: its path
+        is `under` or lies below that folder (absolute), its file name contains `name`
+        (case-insensitive), its mtime is at or after `modified_after_ns` and before
+        `modified_before_ns`."""
+        conditions, values = [], []
+        if under is not None:
+            folder = path_key(under.rstrip("/") + "/")
+            conditions.append("(v.path = ? OR substr(v.path, 1, ?) = ?)")
+            values += [path_key(under), len(folder), folder]
+        if name is not None:
+            conditions.append("file_name_contains(v.path, ?)")
+            values.append(name.casefold())
+        if modified_after_ns is not None:
+            conditions.append("v.mtime_ns >= ?")
+            values.append(modified_after_ns)
+        if modified_before_ns is not None:
+            conditions.append("v.mtime_ns < ?")
+            values.append(modified_before_ns)
+        self.conn.create_function(
+            "file_name_contains", 2, deterministic=True,
+            func=lambda path, text: text in os.path.basename(path_of(path)).casefold())
+        rows = self.conn.execute(
+            "SELECT c.id FROM clips c JOIN videos v ON v.id = c.video_id"
+            + "".join(f" {'WHERE' if i == 0 else 'AND'} {c}" for i, c in enumerate(conditions))
+            + " ORDER BY c.id", values)
+        return [row[0] for row in rows]
+
     def all_clip_ids(self) -> list[int]:
         return [row[0] for row in self.conn.execute("SELECT id FROM clips ORDER BY id")]
 
