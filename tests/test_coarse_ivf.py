@@ -165,3 +165,18 @@ def test_a_segment_mostly_tombstones_is_searched_through_the_selector():
     _, found = searcher.search(queries, 30)
     live = ~np.isin(ids, dead)
     assert np.array_equal(found, _exact(ids[live], vectors[live], queries, 30))
+
+
+def test_small_segments_with_tombstones_never_return_dead_clips_or_crowd_out_live_ones():
+    """Every cron commit's segment is small: with fewer live clips than k in it, the places
+    left over must stay empty, so the other segments fill them."""
+    space, ids, vectors = _clips(400)
+    dead = ids[:60][::3]  # 20 of the first segment's 60 removed
+    small = _loaded("seg-000001.faiss", ids[:60], vectors[:60], dead)
+    rest = _loaded("seg-000002.faiss", ids[60:], vectors[60:])
+    searcher = CoarseSearcher([small, rest], int(ids.max()) + 1, torch.device("cpu"))
+    queries = space.queries(10, np.random.default_rng(8))
+    _, found = searcher.search(queries, 50)
+    live = ~np.isin(ids, dead)
+    assert not np.isin(found, dead).any()
+    assert np.array_equal(found, _exact(ids[live], vectors[live], queries, 50))

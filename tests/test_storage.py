@@ -220,3 +220,27 @@ def test_a_journal_left_by_a_killed_writer_is_rolled_back_by_the_next_reader(tmp
     catalog = Catalog(tmp_path / "catalog.sqlite")  # a reader: search, status, verify
     assert catalog.clip_ids_of("/v/a.mp4") == [1, 2]  # the last commit, whole
     assert not (tmp_path / "catalog.sqlite-journal").exists()
+
+
+def test_a_failure_after_the_transaction_keeps_what_the_commit_made(tmp_path, monkeypatch):
+    """Deleting retired files comes after the commit's transaction: if it fails (a full disk,
+    a busy database), the committed files must stay, and the next commit retries."""
+    from mgvr.storage import commit as commit_module
+
+    layout = IndexLayout(tmp_path)
+    catalog = Catalog.create(layout.catalog)
+    rng = np.random.default_rng(5)
+
+    def failing(layout, catalog):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(commit_module, "delete_retired", failing)
+    with Commit(layout, catalog) as commit:
+        name, writer = commit.new_part({"dim": 32})
+        writer.append(_row(rng, 1, 3))
+        commit.add_part(name, writer)
+        record = commit.add_segment(np.array([1]), _unit(rng, 1, 32))
+        commit.apply()
+    commit.abort()  # as a writer's cleanup would
+    assert catalog.generation() == 1
+    assert {p.name for p in layout.data_files()} == {name, "part-000001.rows.npy", record.name}

@@ -148,7 +148,7 @@ class IndexWriter:
             catalog.set_next_clip_id(next_clip_id)
 
         commit.change(edit)
-        commit.apply()
+        commit.apply()  # once applied, aborting it does nothing
         self.generations += 1
         self.clips_added += self.staged_clips
         self.staged_clips = 0

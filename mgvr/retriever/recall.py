@@ -157,8 +157,9 @@ class CoarseSearcher:
     @staticmethod
     def _search_past_tombstones(segment: LoadedSegment, queries: np.ndarray,
                                 k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Top k live clips from an unfiltered search for k + TOMBSTONE_SLACK, when it holds at
-        least k live ones for every query (else None: search with the selector). Exactly what
+        """Top k live clips from an unfiltered search for k + max(k, TOMBSTONE_SLACK), when it
+        holds min(k, live clips) live ones for every query (else None: search with the
+        selector); places beyond the segment's live clips come back empty (-1). Exactly what
         the selector search gives, since every live clip beyond the answer scores below it, and
         cheaper: FAISS's scan with an ID selector measured 5.9 ms instead of 3.2 ms at 1M
         vectors (IVF-SQ8, nprobe 128, 5% tombstones)."""
@@ -169,7 +170,10 @@ class CoarseSearcher:
         if (live.sum(axis=1) < np.minimum(k, segment.record.rows - len(segment.dead))).any():
             return None
         order = np.argsort(~live, axis=1, kind="stable")[:, :k]  # live ones, still best first
-        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        # A segment with fewer live clips than k: the places left over are empty, not dead.
+        alive = np.take_along_axis(live, order, 1)
+        return np.where(alive, scores, -np.inf), np.where(alive, ids, -1)
 
     def _search_segment(self, segment: LoadedSegment, queries: np.ndarray, k: int,
                         allowed_ids: np.ndarray | None,

@@ -13,7 +13,9 @@ reader that opened the previous generation can finish.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from mgvr.storage.fine import FinePartWriter
 from mgvr.storage.layout import IndexLayout
 
 KEEP_GENERATIONS = 1
+log = logging.getLogger(__name__)
 CatalogEdit = Callable[[Catalog], None]
 
 
@@ -156,7 +159,10 @@ class Commit:
                 self.catalog.set_next_number(kind, number)
             self.catalog.set_generation(generation)
         self.applied = generation
-        delete_retired(self.layout, self.catalog)
+        try:
+            delete_retired(self.layout, self.catalog)
+        except (OSError, sqlite3.Error) as e:  # committed all the same: the next commit retries
+            log.warning("%s: retired files not deleted yet (%s)", self.layout.root, e)
         return generation
 
     def _retired_files(self) -> list[str]:
@@ -166,7 +172,10 @@ class Commit:
         return names
 
     def abort(self) -> None:
-        """Delete what this commit wrote; the catalog is untouched."""
+        """Delete what this commit wrote; the catalog is untouched. Nothing to do once the
+        commit is applied: its files are the index now."""
+        if self.applied is not None:
+            return
         for writer in self._open:
             with contextlib.suppress(Exception):
                 writer.abort()
