@@ -205,6 +205,8 @@ def index(
     for folder_path in summary.unreadable_dirs:
         typer.echo(f"mgvr: unreadable folder (its indexed files are kept): {shown(folder_path)}",
                    err=True)
+    for path, why in summary.unreadable_files:
+        typer.echo(f"mgvr: unreadable file (kept if indexed): {shown(path)}: {why}", err=True)
     if not quiet:
         for path, why in summary.skipped:
             typer.echo(f"mgvr: skipped: {shown(path)}: {why}", err=True)
@@ -354,7 +356,8 @@ def compact(
     typer.echo(f"rewrote {result.parts_rewritten} parts, dropped {result.rows_dropped} dead rows; "
                f"merged {merged.segments_before} segments into {merged.segments_after} "
                f"({merged.tombstones_dropped} removed vectors dropped); "
-               f"{result.bytes_before / 1e6:.1f} MB -> {result.bytes_after / 1e6:.1f} MB")
+               f"{result.bytes_before / 1e6:.1f} MB -> {result.bytes_after / 1e6:.1f} MB (the "
+               "files replaced go once no reader can need them: at a commit 60 s or more later)")
 
 
 def _existing_layout(index_dir: Path | None, damaged_ok: bool = False):

@@ -6,6 +6,7 @@ Search reads it back to load the same model and to refuse a mismatched one.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,10 @@ class IndexConfig:
     def save(self, index_dir: Path) -> None:
         path = index_dir / CONFIG_FILENAME
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # a power loss leaves the old file or this one, whole
         tmp.replace(path)
 
     @classmethod

@@ -20,6 +20,7 @@ import mgvr
 from mgvr.retriever import Retriever
 from mgvr.storage.catalog import Catalog
 from mgvr.storage.coarse import load_segment, segment_items
+from mgvr.storage.commit import PAUSE_ENV
 from mgvr.storage.fine import FineReader
 from mgvr.storage.layout import IndexLayout
 from mgvr.storage.lock import WriterLock
@@ -46,9 +47,20 @@ def _index_args(folder, index_dir, tiny_model, clip_seconds=4):
             "--frames", "4", "--commit-every", "3", "--workers", "2"]
 
 
-def _start(args):
+def _start(args, pause_before_commit=False):
+    """The real CLI; with `pause_before_commit` it stops right before its first commit's
+    catalog transaction (files written, catalog untouched) and says so, to be killed there."""
+    env = {**os.environ, PAUSE_ENV: "1"} if pause_before_commit else None
     return subprocess.Popen([sys.executable, "-m", "mgvr.cli", *args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def _wait_for_pause(process):
+    for line in process.stderr:
+        if line.startswith("mgvr: paused before commit"):
+            return
+    pytest.fail("the process ended without pausing before a commit")
 
 
 def _commit_lines(process):
@@ -110,18 +122,25 @@ def test_sigkill_at_chosen_moments_loses_and_duplicates_nothing(tmp_path, crash_
     rng = random.Random(SEED)
     index_dir = tmp_path / "killed"
     kills = []
-    while len(kills) < KILLS:
+    for _ in range(4 * KILLS):  # bounded: a run that finishes first does not count
+        if len(kills) == KILLS:
+            break
         before = _assert_consistent(index_dir)
-        process = _start(_index_args(crash_corpus, index_dir, tiny_model, clip_seconds=1))
-        wanted = rng.randint(0, 4)
+        mid_commit = len(kills) % 4 == 3  # every fourth: inside a commit, deterministically
+        process = _start(_index_args(crash_corpus, index_dir, tiny_model, clip_seconds=1),
+                         pause_before_commit=mid_commit)
+        wanted = -1 if mid_commit else rng.randint(0, 4)
         announced = 0
-        lines = _commit_lines(process)
-        for _ in range(wanted):
-            clips = next(lines)
-            if clips is None:
-                break
-            announced += clips
-        time.sleep(rng.uniform(0, 0.3))
+        if mid_commit:
+            _wait_for_pause(process)
+        else:
+            lines = _commit_lines(process)
+            for _ in range(wanted):
+                clips = next(lines)
+                if clips is None:
+                    break
+                announced += clips
+            time.sleep(rng.uniform(0, 0.3))
         if process.poll() is not None:  # finished before the kill: start over from scratch
             assert process.wait() == 0
             assert _snapshot(index_dir).keys() == reference.keys()
@@ -131,6 +150,8 @@ def test_sigkill_at_chosen_moments_loses_and_duplicates_nothing(tmp_path, crash_
         process.wait()
         committed = _assert_consistent(index_dir)
         assert committed >= before + announced  # what a commit line announced is durable
+        if mid_commit:
+            assert committed == before  # files written, catalog untouched: nothing committed
         kills.append((wanted, committed))
         if committed == len(reference):  # nothing left for the next run to do: start over
             shutil.rmtree(index_dir)
@@ -146,7 +167,8 @@ def test_sigkill_at_chosen_moments_loses_and_duplicates_nothing(tmp_path, crash_
         assert np.allclose(got[3].astype(np.float32), features.astype(np.float32), atol=2e-3)
     assert _assert_consistent(index_dir) == len(reference)
     assert not [p for p in index_dir.rglob("*") if p.name.endswith(".tmp")]
-    print("(commit lines waited for, committed clips) at each kill:", kills)
+    print("(commit lines waited for, -1 inside a commit; committed clips) at each kill:", kills)
+    assert len(kills) == KILLS
     assert len({wanted for wanted, _ in kills}) >= 3  # kills at several stages of a run
 
 
@@ -207,7 +229,8 @@ def test_searches_during_an_index_run_never_fail(tmp_path, crash_corpus, tiny_mo
 
 def test_compact_killed_mid_merge_leaves_the_index_whole(tmp_path, crash_corpus, tiny_model):
     """Several index runs leave many small segments; `mgvr compact` (a merge is a commit like
-    any other) is SIGKILLed the moment its first new file appears, then run again."""
+    any other) is SIGKILLed with its merged segment written but not committed, then run
+    again."""
     index_dir = tmp_path / "idx"
     files = sorted(crash_corpus.iterdir())
     for start in range(0, len(files), 3):
@@ -222,12 +245,14 @@ def test_compact_killed_mid_merge_leaves_the_index_whole(tmp_path, crash_corpus,
     assert len(catalog.segments()) >= 4
     catalog.close()
     layout = IndexLayout(index_dir)
+    generation = Catalog(layout.catalog).generation()
     known = set(layout.data_files())
-    compact = _start(["compact", "--index", str(index_dir)])
-    while compact.poll() is None and not set(layout.data_files()) - known:
-        pass  # the event: compact has started writing the merged segment
+    compact = _start(["compact", "--index", str(index_dir)], pause_before_commit=True)
+    _wait_for_pause(compact)  # the merged segment written, the catalog not yet switched
     compact.send_signal(signal.SIGKILL)
-    compact.wait()
+    assert compact.wait() == -signal.SIGKILL
+    assert set(layout.data_files()) - known  # the merge's files: orphans now
+    assert Catalog(layout.catalog).generation() == generation
     assert _assert_consistent(index_dir) == len(before)
     assert run_cli("compact", "--index", str(index_dir)).returncode == 0
     after = _snapshot(index_dir)

@@ -317,3 +317,92 @@ def test_a_sqlite_file_of_another_program_is_not_taken_for_an_index(tmp_path):
     sqlite3.connect(index_dir / "catalog.sqlite").execute("CREATE TABLE t (x)")
     result = run_cli("search", "x", "--index", str(index_dir))
     assert result.returncode == 1 and "verify --repair" in result.stderr
+
+
+# found in review -----------------------------------------------------------------------------
+
+def test_a_rebuild_killed_half_way_leaves_the_damaged_catalog_to_rebuild_again(
+        tmp_path, videos, tiny_model):
+    index_dir = tmp_path / "idx"
+    assert _index(videos, index_dir, tiny_model).returncode == 0
+    (index_dir / "catalog.sqlite").write_bytes(b"")
+    repair = subprocess.Popen([sys.executable, "-m", "mgvr.cli", "verify", "--index",
+                               str(index_dir), "--repair"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "MGVR_TEST_PAUSE_BEFORE_COMMIT": "1"})
+    assert repair.stderr.readline().startswith("mgvr: paused before commit")
+    repair.kill()
+    repair.wait()
+    assert (index_dir / "catalog.sqlite").stat().st_size == 0  # still the damaged one
+    still = run_cli("search", "x", "--index", str(index_dir))
+    assert still.returncode == 1 and "verify --repair" in still.stderr  # not an empty index
+    assert run_cli("verify", "--index", str(index_dir), "--repair").returncode == 0
+    assert len(_paths(index_dir)) == 4
+
+
+def test_a_rebuild_does_not_bring_back_files_removed_since(tmp_path, videos, tiny_model):
+    index_dir = tmp_path / "idx"
+    assert _index(videos, index_dir, tiny_model).returncode == 0
+    (videos / "a.mp4").unlink()
+    assert _index(videos, index_dir, tiny_model, "--remove-after", "0").returncode == 0
+    assert str(videos / "a.mp4") not in _paths(index_dir)
+    (index_dir / "catalog.sqlite").unlink()
+    repaired = run_cli("verify", "--index", str(index_dir), "--repair")
+    assert "1 files it held are gone now: recorded as missing" in repaired.stdout
+    status = json.loads(run_cli("status", "--index", str(index_dir), "--json").stdout)
+    assert [m["path"] for m in status["missing"]] == [str(videos / "a.mp4")]
+    assert _index(videos, index_dir, tiny_model, "--remove-after", "0").returncode == 0
+    assert str(videos / "a.mp4") not in _paths(index_dir)
+
+
+def test_a_damaged_config_alone_is_rebuilt_without_touching_the_catalog(
+        tmp_path, videos, tiny_model):
+    index_dir = tmp_path / "idx"
+    assert _index(videos, index_dir, tiny_model).returncode == 0
+    (index_dir / "mgvr.json").write_text("")
+    repaired = run_cli("verify", "--index", str(index_dir), "--repair")
+    assert repaired.returncode == 0 and "mgvr.json: rebuilt" in repaired.stdout
+    assert "catalog: rebuilt" not in repaired.stdout
+    status = json.loads(run_cli("status", "--index", str(index_dir), "--json").stdout)
+    assert status["runs"] and status["runs"][-1]["command"] == "index"  # the history is kept
+
+
+def test_files_of_a_folder_that_cannot_be_searched_are_kept(tmp_path, videos, tiny_model):
+    index_dir = tmp_path / "idx"
+    assert _index(videos, index_dir, tiny_model).returncode == 0
+    (videos / "sub").chmod(0o644)  # names listed, but no stat: a common chmod -R slip
+    try:
+        result = _cli_without_dac("index", str(videos), "--index", str(index_dir),
+                                  "--remove-after", "0")
+    finally:
+        (videos / "sub").chmod(0o755)
+    assert result.returncode == 3, result.stderr
+    assert f"unreadable file (kept if indexed): {videos / 'sub' / 'b.mp4'}" in result.stderr
+    assert "missing" not in result.stdout.split("in ")[0] or "0 newly missing" in result.stdout
+    assert len(_paths(index_dir)) == 4
+
+
+def test_a_renamed_file_that_had_failed_is_indexed_not_moved(tmp_path, videos, tiny_model):
+    index_dir = tmp_path / "idx"
+    (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
+    assert _index(videos, index_dir, tiny_model).returncode == 3
+    os.rename(videos / "broken.mp4", videos / "renamed.mp4")
+    result = _index(videos, index_dir, tiny_model)
+    assert "moved 0" in result.stdout, result.stdout
+    status = json.loads(run_cli("status", "--index", str(index_dir), "--json").stdout)
+    assert [f["path"] for f in status["failed"]] == [str(videos / "renamed.mp4")]
+
+
+def test_compaction_refuses_a_damaged_part_instead_of_laundering_it(tmp_path, videos,
+                                                                    tiny_model):
+    index_dir = tmp_path / "idx"
+    assert _index(videos, index_dir, tiny_model).returncode == 0
+    (videos / "a.mp4").unlink()
+    assert _index(videos, index_dir, tiny_model, "--remove-after", "0").returncode == 0
+    part = next((index_dir / "fine").glob("*.parquet"))
+    data = bytearray(part.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    part.write_bytes(bytes(data))
+    result = run_cli("compact", "--index", str(index_dir))
+    assert result.returncode == 1 and "fails its checksum" in result.stderr
+    assert not verify_index(index_dir).clean  # still reported, not laundered

@@ -59,6 +59,7 @@ class Plan:
     vanished: list[VideoRecord] = field(default_factory=list)  # recorded, not found this time
     kept_unreadable: int = 0  # recorded files under folders that could not be read: kept
     unreadable_dirs: list[str] = field(default_factory=list)
+    unreadable_files: list[tuple[str, str]] = field(default_factory=list)  # (path, why): kept
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why not a file)
 
     @property
@@ -90,8 +91,9 @@ _NOT_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"
 
 def walk(root: Path, plan: Plan) -> Iterator[FileEntry]:
     """Regular files under root (symlinked files followed, symlinked folders not: no loops).
-    Folders that cannot be read go to `plan.unreadable_dirs`, entries that are not regular
-    files (pipes, sockets, devices, links to them) to `plan.skipped`."""
+    Folders that cannot be read go to `plan.unreadable_dirs`, files that cannot be looked at
+    (or links to nothing) to `plan.unreadable_files`, both kept in the index; entries that are
+    not regular files (pipes, sockets, devices, links to them) go to `plan.skipped`."""
     def unreadable(error: OSError) -> None:
         plan.unreadable_dirs.append(error.filename)
 
@@ -103,7 +105,12 @@ def walk(root: Path, plan: Plan) -> Iterator[FileEntry]:
             path = os.path.join(dirpath, name)
             try:
                 info = os.stat(path)
-            except OSError:  # broken symlink or vanished file
+            except FileNotFoundError:
+                if os.path.islink(path):  # a link into a disk that is not there: kept
+                    plan.unreadable_files.append((path, "a symbolic link to nothing"))
+                continue  # gone between the listing and the stat
+            except OSError as e:  # a folder without search permission, EIO, a stale NFS handle
+                plan.unreadable_files.append((path, e.strerror or type(e).__name__))
                 continue
             if stat.S_ISREG(info.st_mode):
                 yield FileEntry(path, info.st_size, info.st_mtime_ns)
@@ -173,9 +180,14 @@ def plan(root: Path, catalog: Catalog, retry_failed: bool = False,
             result.new.append(entry)
         else:
             result.changed.append(entry)
+    # Only what may be a video is worth a word (and exit code 3): indexed, or named like one.
+    result.unreadable_files = [(path, why) for path, why in result.unreadable_files
+                               if path in known or Path(path).suffix.lower() in VIDEO_EXTENSIONS]
     gone = [record for path, record in known.items() if path not in seen]
-    result.kept_unreadable = sum(1 for r in gone if _under(r.path, result.unreadable_dirs))
-    gone = [r for r in gone if not _under(r.path, result.unreadable_dirs)]
+    unreadable = {path for path, _ in result.unreadable_files}
+    kept = [r for r in gone if r.path in unreadable or _under(r.path, result.unreadable_dirs)]
+    result.kept_unreadable = len(kept)
+    gone = [r for r in gone if r not in kept]
     result.vanished, result.new = _match_moves(gone, result.new, result.moved)
     return result
 
@@ -184,7 +196,10 @@ def _match_moves(removed: list[VideoRecord], new: list[FileEntry],
                  moved: list[tuple[VideoRecord, FileEntry]]
                  ) -> tuple[list[VideoRecord], list[FileEntry]]:
     """Pair vanished records with new files of the same content; returns what is left of each."""
-    by_key = {(r.content_key, r.size): r for r in removed if r.content_key}
+    # A failed record is no source of a move: it has no clips to keep (the new path is
+    # indexed, or fails, on its own).
+    by_key = {(r.content_key, r.size): r for r in removed
+              if r.content_key and r.status != "failed"}
     if not by_key:
         return removed, new
     still_new = []

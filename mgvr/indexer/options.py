@@ -53,6 +53,7 @@ class RunSummary:
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # path, reason, detail
     skipped: list[tuple[str, str]] = field(default_factory=list)  # path, why not indexed
     unreadable_dirs: list[str] = field(default_factory=list)  # their files were kept
+    unreadable_files: list[tuple[str, str]] = field(default_factory=list)  # (path, why): kept
     removal_refused: str | None = None  # why nothing was removed, when the guard stopped it
     stage_seconds: dict[str, float] = field(default_factory=dict)
     merges: int = 0
@@ -60,7 +61,7 @@ class RunSummary:
     @property
     def incomplete(self) -> bool:
         """Some files could not be indexed or looked at: exit code 3."""
-        return bool(self.failed or self.unreadable_dirs)
+        return bool(self.failed or self.unreadable_dirs or self.unreadable_files)
 
     def line(self) -> str:
         text = (f"indexed {self.indexed} files ({self.clips_added} clips), unchanged "

@@ -121,6 +121,7 @@ class Indexer:
         summary.deferred, summary.moved = len(plan.deferred), len(plan.moved)
         summary.restored = len(plan.restored)
         summary.unreadable_dirs, summary.skipped = plan.unreadable_dirs, plan.skipped
+        summary.unreadable_files = plan.unreadable_files
         if not (plan.to_index or plan.vanished or plan.unchanged or plan.skipped_failed
                 or plan.moved or plan.deferred or plan.restored or plan.kept_unreadable
                 or plan.known):

@@ -7,34 +7,49 @@ merged into one top k.
 
 Backends per segment: FAISS on the CPU; on a CUDA device, FAISS GPU when the installed faiss has
 it (over-fetching by the segment's tombstone count and dropping them, since GPU indexes take no
-ID selector), else, and whenever a filter is given, exact float16 matmul with torch on the GPU.
+ID selector; a filtered search of such a segment runs on the CPU copy), else, and for segments
+with many tombstones, exact float16 matmul with torch on the GPU.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
 import torch
 
 from mgvr.storage.catalog import SegmentRecord
-from mgvr.storage.coarse import SegmentLayout, search_parameters, segment_items
+from mgvr.storage.coarse import (
+    SegmentLayout,
+    inverted_list_ids,
+    search_parameters,
+    segment_items,
+)
 
 GPU_MAX_K = 2048  # FAISS GPU's largest k
 TOMBSTONE_SLACK = 50  # extra places asked of a segment with tombstones before filtering them
-_searching_thread = threading.local()
+_query_threads: ThreadPoolExecutor | None = None
+_query_threads_lock = threading.Lock()
 
 
-def _one_openmp_thread() -> None:
-    """A single query is answered on one OpenMP thread: on a small, shared CPU, OpenMP's thread
-    barriers cost far more than the scan (measured on 2 busy cores: recall p50 210 ms on two
-    threads vs 0.6 ms on one, 7 small segments). OpenMP keeps the setting per thread, so it is
-    made once for each thread that searches, never switched back and forth."""
-    if not getattr(_searching_thread, "single", False):
-        faiss.omp_set_num_threads(1)
-        _searching_thread.single = True
+def _single_query_threads() -> ThreadPoolExecutor:
+    """Threads of their own for single-query FAISS searches, each set once to one OpenMP
+    thread: on a small, shared CPU, OpenMP's thread barriers cost far more than the scan
+    (measured on 2 busy cores: recall p50 210 ms on two threads vs 0.6 ms on one, 7 small
+    segments). OpenMP keeps that setting per thread and shares it with torch, so it is made on
+    these threads only: the callers' threads (their encoding, a later IVF training) keep
+    theirs."""
+    global _query_threads
+    with _query_threads_lock:
+        if _query_threads is None:
+            _query_threads = ThreadPoolExecutor(
+                max(4, os.cpu_count() or 1), thread_name_prefix="faiss-query",
+                initializer=faiss.omp_set_num_threads, initargs=(1,))
+        return _query_threads
 
 
 def faiss_has_gpu() -> bool:
@@ -54,6 +69,20 @@ class LoadedSegment:
     record: SegmentRecord
     index: faiss.Index
     dead: np.ndarray  # (n,) int64 tombstoned ids in this segment, sorted
+
+    _ids: np.ndarray | None = field(default=None, init=False, repr=False)  # sorted, lazily
+
+    def live_among(self, allowed: np.ndarray) -> int:
+        """How many of the (sorted) allowed ids are live clips of this segment (its id list
+        is read once, 8 bytes a vector)."""
+        if self._ids is None:
+            self._ids = np.sort(segment_items(self.index)[0]) if self.record.kind == "flat" \
+                else np.sort(np.concatenate(
+                    [inverted_list_ids(self.index, n) for n in range(self.record.nlist or 0)]
+                    or [np.empty(0, np.int64)]))
+        positions = np.minimum(np.searchsorted(self._ids, allowed), max(len(self._ids) - 1, 0))
+        inside = allowed[(self._ids[positions] == allowed)] if len(self._ids) else allowed[:0]
+        return int(len(inside) - self.is_dead(inside).sum())
 
     def is_dead(self, ids: np.ndarray) -> np.ndarray:
         """Which of `ids` are tombstones (a binary search in the sorted dead ids)."""
@@ -91,11 +120,45 @@ class TorchExactSearch:
         return top.cpu().numpy(), self.ids[rows].cpu().numpy()
 
 
+class GpuPlacements:
+    """Segments copied to a GPU, kept across generations (segments are immutable, so a commit
+    re-uses every copy but the new segment's). FAISS GPU indexes are not thread-safe, even to
+    search: their searches take `lock`."""
+
+    def __init__(self) -> None:
+        self.copies: dict[tuple[str, str], object] = {}
+        self.lock = threading.Lock()
+        self.resources = None
+
+    def copy(self, segment: LoadedSegment, device: torch.device) -> tuple[object, str]:
+        """(the segment's GPU copy, its backend name)."""
+        if faiss_has_gpu() and len(segment.dead) <= GPU_MAX_K // 2:
+            key = (segment.record.name, "faiss")
+            if key not in self.copies:
+                try:
+                    if self.resources is None:
+                        self.resources = faiss.StandardGpuResources()
+                    self.copies[key] = faiss.index_cpu_to_gpu(self.resources, device.index or 0,
+                                                              segment.index)
+                except RuntimeError:  # a layout FAISS GPU cannot take: torch serves it
+                    self.copies[key] = None
+            if self.copies[key] is not None:
+                return self.copies[key], f"faiss-gpu-{segment.record.kind}"
+        key = (segment.record.name, "torch")
+        if key not in self.copies:
+            self.copies[key] = TorchExactSearch(*segment_items(segment.index), device)
+        return self.copies[key], "torch-gpu-exact"
+
+    def keep_only(self, names: set[str]) -> None:
+        self.copies = {key: copy for key, copy in self.copies.items() if key[0] in names}
+
+
 class CoarseSearcher:
-    """The segments of one generation, ready to search on `device`."""
+    """The segments of one generation, ready to search on `device` (`gpu`: the copies already
+    on the GPU, shared with earlier generations' searchers)."""
 
     def __init__(self, segments: list[LoadedSegment], id_limit: int,
-                 device: torch.device) -> None:
+                 device: torch.device, gpu: GpuPlacements | None = None) -> None:
         self.segments = segments
         self.id_limit = id_limit  # every clip id is below it (the catalog's next_clip_id)
         self.device = device
@@ -103,25 +166,14 @@ class CoarseSearcher:
                               for s in segments if len(s.dead)}
         self.backends: dict[str, str] = {}
         self._gpu: dict[str, object] = {}
-        self._resources = None
+        self._placements = gpu or GpuPlacements()
         for segment in segments:
-            self.backends[segment.record.name] = self._place(segment)
-
-    def _place(self, segment: LoadedSegment) -> str:
-        if self.device.type != "cuda" or segment.record.rows == 0:
-            return f"faiss-cpu-{segment.record.kind}"
-        if faiss_has_gpu():
-            try:
-                if self._resources is None:
-                    self._resources = faiss.StandardGpuResources()
-                self._gpu[segment.record.name] = faiss.index_cpu_to_gpu(
-                    self._resources, self.device.index or 0, segment.index)
-                return f"faiss-gpu-{segment.record.kind}"
-            except RuntimeError:
-                pass  # a layout FAISS GPU cannot take: the exact torch search serves it
-        self._gpu[segment.record.name] = TorchExactSearch(*segment_items(segment.index),
-                                                          self.device)
-        return "torch-gpu-exact"
+            name = segment.record.name
+            if device.type != "cuda" or segment.record.rows == 0:
+                self.backends[name] = f"faiss-cpu-{segment.record.kind}"
+            else:
+                self._gpu[name], self.backends[name] = self._placements.copy(segment, device)
+        self._placements.keep_only({s.record.name for s in segments})
 
     def __len__(self) -> int:
         return sum(s.record.rows - len(s.dead) for s in self.segments)
@@ -136,8 +188,12 @@ class CoarseSearcher:
         """(Q, D) float32 -> (scores, clip ids), each (Q, k') best first, over live clips
         (and only `allowed_ids`, sorted int64, when given). Missing places have id -1."""
         queries = np.ascontiguousarray(queries, np.float32)
-        if len(queries) == 1:
-            _one_openmp_thread()
+        if len(queries) == 1 and self.device.type == "cpu":
+            return _single_query_threads().submit(self._search, queries, k, allowed_ids).result()
+        return self._search(queries, k, allowed_ids)
+
+    def _search(self, queries: np.ndarray, k: int,
+                allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         allowed_bitmap = None
         if allowed_ids is not None:
             allowed_bitmap = id_bitmap(allowed_ids, self.id_limit, True)
@@ -186,7 +242,8 @@ class CoarseSearcher:
         if isinstance(placed, TorchExactSearch):
             return placed.search(queries, k, segment.dead, allowed_ids)
         if placed is not None and allowed_ids is None and k + len(segment.dead) <= GPU_MAX_K:
-            scores, ids = placed.search(queries, k + len(segment.dead))
+            with self._placements.lock:
+                scores, ids = placed.search(queries, k + len(segment.dead))
             ids = np.where(segment.is_dead(ids), -1, ids)
             return scores, ids
         if allowed_ids is None and len(segment.dead):
@@ -202,7 +259,7 @@ class CoarseSearcher:
         scores, ids = segment.index.search(queries, k,
                                            params=search_parameters(segment.layout, selector))
         if allowed_ids is not None and segment.record.kind != "flat" \
-                and ((ids >= 0).sum(axis=1) < min(k, len(allowed_ids))).any():
+                and ((ids >= 0).sum(axis=1) < min(k, segment.live_among(allowed_ids))).any():
             # A filter can leave the probed lists short of allowed clips: probe every list, so
             # a filter never returns fewer hits than exist.
             everywhere = search_parameters(segment.layout, selector, nprobe=segment.record.nlist)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import faiss
 import numpy as np
@@ -25,7 +27,7 @@ from mgvr.model.clip import ClipEncoder, load_for_index, pick_device
 from mgvr.model.head import EercfHead, load_head_for_index
 from mgvr.retriever.filters import SearchFilter
 from mgvr.retriever.images import ImageSource, image_name, read_image
-from mgvr.retriever.recall import CoarseSearcher, LoadedSegment
+from mgvr.retriever.recall import CoarseSearcher, GpuPlacements, LoadedSegment
 from mgvr.retriever.rerank import batch_candidates, score_candidates
 from mgvr.retriever.results import Hit, SearchResult
 from mgvr.storage.catalog import Catalog, ClipRecord
@@ -37,6 +39,7 @@ DEFAULT_RERANK_DEPTH = 50
 DEFAULT_LIMIT = 10
 CLIP_RECORD_CACHE = 200_000  # ~60 MB of catalog rows at most
 READ_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 def sprite_tile_pixels(sprite: bytes) -> int:
@@ -78,6 +81,7 @@ class Retriever:
         self._encoder: ClipEncoder | None = None
         self._head: EercfHead | None = None
         self._segments: dict[str, faiss.Index] = {}  # loaded segment files, by name
+        self._gpu = GpuPlacements()  # their copies on the GPU, on a CUDA device
         self._current: _Generation | None = None
 
     def _catalog(self) -> Catalog:
@@ -133,6 +137,7 @@ class Retriever:
                         for s in records}
                 id_limit = catalog.next_clip_id()
                 sums = catalog.files()
+                parts = list(catalog.parts())
             try:
                 loaded = []
                 for record in records:
@@ -148,7 +153,10 @@ class Retriever:
                 continue
             names = {r.name for r in records}
             self._segments = {n: i for n, i in self._segments.items() if n in names}
-            return _Generation(number, CoarseSearcher(loaded, id_limit, self.device))
+            self.fine.keep_only({part: sums.get(self.layout.relative(sidecar), (0, ""))[1]
+                                 for part in parts
+                                 for sidecar in self.layout.part_files(part)[1:]})
+            return _Generation(number, CoarseSearcher(loaded, id_limit, self.device, self._gpu))
         raise AssertionError("unreachable")
 
     def prefetch(self) -> None:
@@ -181,13 +189,16 @@ class Retriever:
         """(WebP image, tile pixels, frames) of a clip's stored frame sprite: its frames
         side by side, square tiles in sample order; None for an unknown clip or an index
         without thumbnails."""
-        record = self._clip_records(self._generation(), [clip_id]).get(clip_id)
-        if record is None:
+        def read(generation: _Generation) -> tuple[bytes, int] | None:
+            record = self._clip_records(generation, [clip_id]).get(clip_id)
+            if record is None:
+                return None
+            return self.fine.read_thumbnails(record.part, record.row), record.n_frames
+
+        found = self._on_current_rows(read)
+        if found is None or not found[0]:
             return None
-        sprite = self.fine.read_thumbnails(record.part, record.row)
-        if not sprite:
-            return None
-        return sprite, sprite_tile_pixels(sprite), record.n_frames
+        return found[0], sprite_tile_pixels(found[0]), found[1]
 
     def status(self) -> dict[str, object]:
         """What a long-running server reports: index, generation, segments, device."""
@@ -248,11 +259,14 @@ class Retriever:
         _check_counts(limit, rerank_depth)
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        record = self._clip_records(self._generation(), [clip_id]).get(clip_id)
-        if record is None:
+        def read(generation: _Generation):
+            record = self._clip_records(generation, [clip_id]).get(clip_id)
+            return None if record is None else self.fine.read_batch([(record.part, record.row)])
+
+        row = self._on_current_rows(read)
+        if row is None:
             raise UsageError(f"clip {clip_id} is not in the index (its video was removed or "
                              "re-indexed); search again and pick a current result")
-        row = self.fine.read_batch([(record.part, record.row)])
         count = int(row.n_frames[0])
         times = row.frame_times[0, :count]
         frame = count // 2 if moment_s is None else int(np.abs(times - moment_s).argmin())
@@ -281,11 +295,16 @@ class Retriever:
 
         A concurrent `mgvr compact` may delete a part between the catalog lookup and the
         read; the search then starts over on the catalog's new generation."""
+        return self._on_current_rows(lambda generation: self._search_vector(
+            generation, query, limit, rerank_depth, rerank, timings, allowed_ids))
+
+    def _on_current_rows(self, read: Callable[[_Generation], T]) -> T:
+        """read(generation) on the current generation; if a compaction moved the rows it
+        looked up (their part deleted, or another clip at the row), again on a fresh one."""
         for attempt in range(READ_ATTEMPTS):
             generation = self._generation()
             try:
-                return self._search_vector(generation, query, limit, rerank_depth, rerank,
-                                           timings, allowed_ids)
+                return read(generation)
             except (OSError, FineRowMismatch):
                 if attempt == READ_ATTEMPTS - 1:
                     raise

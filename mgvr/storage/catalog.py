@@ -78,7 +78,7 @@ CREATE TABLE tombstones (
 CREATE TABLE files (name TEXT PRIMARY KEY, bytes INTEGER NOT NULL, sha256 TEXT NOT NULL);
 -- Files the current generation no longer names, kept for readers of older generations until
 -- `generation` is old enough (see storage.commit.KEEP_GENERATIONS).
-CREATE TABLE retired (name TEXT PRIMARY KEY, generation INTEGER NOT NULL);
+CREATE TABLE retired (name TEXT PRIMARY KEY, generation INTEGER NOT NULL, at REAL NOT NULL);
 CREATE TABLE runs (
     id INTEGER PRIMARY KEY,
     command TEXT NOT NULL,
@@ -268,6 +268,11 @@ class Catalog:
         finally:
             conn.close()
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
         return cls(path)
 
     def close(self) -> None:
@@ -473,8 +478,10 @@ class Catalog:
         return {name: (size, sha) for name, size, sha in
                 self.conn.execute("SELECT name, bytes, sha256 FROM files")}
 
-    def retired(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT name, generation FROM retired"))
+    def retired(self) -> dict[str, tuple[int, float]]:
+        """name -> (generation that retired it, when)."""
+        return {name: (generation, at) for name, generation, at in
+                self.conn.execute("SELECT name, generation, at FROM retired")}
 
     def integrity_problems(self) -> list[str]:
         rows = [row[0] for row in self.conn.execute("PRAGMA integrity_check")]
@@ -503,8 +510,8 @@ class Catalog:
                           "sha256 = excluded.sha256", (name, size, sha256))
 
     def retire_file(self, name: str, generation: int) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO retired(name, generation) VALUES (?, ?)",
-                          (name, generation))
+        self.conn.execute("INSERT OR REPLACE INTO retired(name, generation, at) VALUES (?, ?, ?)",
+                          (name, generation, time.time()))
 
     def forget_files(self, names: Iterable[str]) -> None:
         names = list(names)

@@ -193,6 +193,15 @@ def segment_items(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ids), np.concatenate(vectors)
 
 
+def inverted_list_ids(index: faiss.Index, list_no: int) -> np.ndarray:
+    """The (n,) int64 ids of one inverted list of an IVF segment, without its codes."""
+    invlists = faiss.extract_index_ivf(index).invlists
+    size = invlists.list_size(list_no)
+    if size == 0:
+        return np.empty(0, np.int64)
+    return faiss.rev_swig_ptr(invlists.get_ids(list_no), size).astype(np.int64)
+
+
 def inverted_list(ivf: faiss.IndexIVF, list_no: int) -> tuple[np.ndarray, np.ndarray]:
     """One inverted list's (n,) ids and (n, D) float32 vectors."""
     ivf = faiss.downcast_index(ivf)

@@ -6,8 +6,8 @@ FAISS segments), the files it retires, and catalog edits. `apply()` fsyncs, reco
 file's size and sha256, then makes it all current in ONE SQLite transaction that also bumps the
 generation. Until that transaction nothing is visible, and a crash at any point leaves the
 previous generation whole; files of an unfinished commit are orphans that `remove_orphans`
-deletes at the next start. A retired file stays on disk for KEEP_GENERATIONS more commits, so a
-reader that opened the previous generation can finish.
+deletes at the next start. A retired file stays on disk for KEEP_GENERATIONS more commits and
+at least RETIRED_MIN_AGE_S seconds, so a reader that opened the previous generation can finish.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,11 +25,14 @@ import numpy as np
 
 from mgvr.hashing import sha256_file
 from mgvr.storage.catalog import Catalog, SegmentRecord
-from mgvr.storage.coarse import build_segment, write_segment
+from mgvr.storage.coarse import FLAT_MAX_ROWS, build_segment, write_segment
 from mgvr.storage.fine import FinePartWriter
 from mgvr.storage.layout import IndexLayout
 
 KEEP_GENERATIONS = 1
+RETIRED_MIN_AGE_S = 60.0
+PAUSE_ENV = "MGVR_TEST_PAUSE_BEFORE_COMMIT"
+PAUSE_S = 600.0
 log = logging.getLogger(__name__)
 CatalogEdit = Callable[[Catalog], None]
 
@@ -114,6 +119,19 @@ class Commit:
         self._segments.append(record)
         return record
 
+    def add_flat_segments(self, ids: np.ndarray, vectors_of: Callable[[slice], np.ndarray]
+                          ) -> list[tuple[np.ndarray, str]]:
+        """Exact segments of fewer than FLAT_MAX_ROWS clips over (N,) `ids`, the vectors read a
+        chunk at a time (`vectors_of(positions)`), so a repair or a rebuild holds one chunk in
+        memory at any size; a later merge builds the large layout. Returns (ids, segment name)
+        per segment."""
+        made = []
+        for start in range(0, len(ids), FLAT_MAX_ROWS - 1):
+            chunk = slice(start, start + FLAT_MAX_ROWS - 1)
+            record = self.add_segment(ids[chunk], vectors_of(chunk), kind="flat")
+            made.append((ids[chunk], record.name))
+        return made
+
     def retire_segment(self, name: str) -> None:
         self._retired_segments.append(name)
 
@@ -138,8 +156,9 @@ class Commit:
         rebuilt = [(self.layout.relative(path), path.stat().st_size, sha256_file(path))
                    for path in self._replaced]
         for folder in {path.parent for path in registered + self._replaced}:
-            _fsync_directory(folder)
+            fsync_directory(folder)
         generation = self.catalog.generation() + 1
+        _pause_for_crash_tests(generation)
         with self.catalog.transaction():
             for name, size, sha in sums:
                 self.catalog.add_file(name, size, sha)
@@ -187,10 +206,12 @@ class Commit:
 
 
 def delete_retired(layout: IndexLayout, catalog: Catalog) -> None:
-    """Delete retired files that no reader of a recent generation can still need."""
-    current = catalog.generation()
-    due = [name for name, retired_at in catalog.retired().items()
-           if retired_at + KEEP_GENERATIONS <= current]
+    """Delete retired files that no reader can still need: retired KEEP_GENERATIONS
+    generations ago and at least RETIRED_MIN_AGE_S ago (a compaction or a run's merges make
+    several commits within milliseconds, and a reader may have just read the catalog)."""
+    current, now = catalog.generation(), time.time()
+    due = [name for name, (generation, at) in catalog.retired().items()
+           if generation + KEEP_GENERATIONS <= current and now - at >= RETIRED_MIN_AGE_S]
     if not due:
         return
     for name in due:
@@ -199,7 +220,16 @@ def delete_retired(layout: IndexLayout, catalog: Catalog) -> None:
         catalog.forget_files(due)
 
 
-def _fsync_directory(folder: Path) -> None:
+def _pause_for_crash_tests(generation: int) -> None:
+    """With $MGVR_TEST_PAUSE_BEFORE_COMMIT set, say so and wait to be killed: every file of
+    the commit is written and fsynced, the catalog not yet changed. Crash tests kill here, a
+    moment no sleep could hit reliably."""
+    if os.environ.get(PAUSE_ENV):
+        print(f"mgvr: paused before commit {generation}", file=sys.stderr, flush=True)
+        time.sleep(PAUSE_S)
+
+
+def fsync_directory(folder: Path) -> None:
     """Make the renames into `folder` durable before the catalog names the files."""
     fd = os.open(folder, os.O_RDONLY)
     try:

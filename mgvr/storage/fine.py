@@ -16,6 +16,7 @@ part, so a committed part always has a complete sidecar.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import mmap
@@ -250,7 +251,8 @@ class FinePartWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         schema = FINE_SCHEMA.with_metadata({"mgvr": json.dumps(metadata, sort_keys=True)})
         self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd",
-                                       use_dictionary=["video_path", "content_key"])
+                                       use_dictionary=["video_path", "content_key"],
+                                       write_page_checksum=True)
         self.sidecar = _SidecarWriter(sidecar_path(path), int(metadata.get("frames_per_clip", 0)),
                                       int(metadata.get("dim", 0)))
         self.schema = schema
@@ -295,6 +297,22 @@ class FinePartWriter:
         self.sidecar.abort()
 
 
+def open_part(path: Path) -> pq.ParquetFile:
+    """A Parquet part whose pages are checked against their CRCs as they are read (a damaged
+    page raises instead of decoding into other numbers)."""
+    return pq.ParquetFile(path, page_checksum_verification=True)
+
+
+def read_part_columns(path: Path, columns: list[str]) -> pa.Table:
+    return open_part(path).read(columns=columns)
+
+
+def read_part_coarse(path: Path, rows: np.ndarray) -> np.ndarray:
+    """(N, D) float32 coarse vectors of these rows of a part, from Parquet (page-checked)."""
+    column = read_part_columns(path, ["coarse"]).column("coarse")
+    return np.stack([np.asarray(column[int(row)].values, np.float32) for row in rows])
+
+
 def part_metadata(config: IndexConfig) -> dict[str, object]:
     """What every Parquet part records about the model and shape of its rows, with the whole
     index config (so a lost mgvr.json can be rebuilt from any part)."""
@@ -328,7 +346,7 @@ def _row_from_table(table: pa.Table, offset: int, dim: int, full: bool) -> FineR
 
 def iter_part_rows(path: Path, dim: int) -> Iterator[FineRow]:
     """Every row of a part with its ClipInfo and thumbnails, one row group at a time."""
-    parquet = pq.ParquetFile(path)
+    parquet = open_part(path)
     for group in range(parquet.num_row_groups):
         table = parquet.read_row_group(group)
         for offset in range(table.num_rows):
@@ -338,7 +356,7 @@ def iter_part_rows(path: Path, dim: int) -> Iterator[FineRow]:
 def write_sidecar(part_path: Path, dim: int, frames_per_clip: int = 0) -> Path:
     """(Re)write the sidecar of a closed part from its Parquet rows, one row group at a time;
     atomic like the writer's."""
-    parquet = pq.ParquetFile(part_path)
+    parquet = open_part(part_path)
     sidecar = _SidecarWriter(sidecar_path(part_path), frames_per_clip, dim)
     try:
         for group in range(parquet.num_row_groups):
@@ -353,6 +371,7 @@ def write_sidecar(part_path: Path, dim: int, frames_per_clip: int = 0) -> Path:
     return sidecar.path
 
 
+@functools.cache
 def _open_files_budget() -> int:
     """How many sidecars may stay mapped (each mapping holds a file descriptor).
 
@@ -409,15 +428,28 @@ class FineReader:
         self.fine_dir = fine_dir
         self.dim = dim
         self._lock = threading.Lock()
-        self._mapped: OrderedDict[str, MappedSidecar | None] = OrderedDict()
+        # part -> (its mapped sidecar or None for none, the sidecar's sha256 when mapped)
+        self._mapped: OrderedDict[str, tuple[MappedSidecar | None, str | None]] = OrderedDict()
+        self._expected: dict[str, str] = {}
         self._max_mapped = _open_files_budget()
+
+    def keep_only(self, sidecars: dict[str, str]) -> None:
+        """A new generation: part -> sidecar sha256 of the parts it names. Mappings of other
+        parts (compacted away: their space is freed) and of sidecars since rebuilt under the
+        same name (a repair) are dropped."""
+        with self._lock:
+            self._expected = dict(sidecars)
+            for part, (_, sha) in list(self._mapped.items()):
+                if sidecars.get(part) != sha:
+                    del self._mapped[part]
 
     def _sidecar(self, part: str) -> MappedSidecar | None:
         """The part's mapped sidecar (LRU-cached); None when it has no usable sidecar."""
         with self._lock:
             if part in self._mapped:
                 self._mapped.move_to_end(part)
-                return self._mapped[part]
+                return self._mapped[part][0]
+            sha = self._expected.get(part)
         path = sidecar_path(self.fine_dir / part)
         try:
             mapped: MappedSidecar | None = MappedSidecar(path)
@@ -425,7 +457,7 @@ class FineReader:
             mapped = None
         except (OSError, ValueError) as e:
             log.warning("%s: unreadable sidecar (%s); reading %s from Parquet", path, e, part)
-            mapped = None
+            return None  # not remembered: a passing error should not stick
         if mapped is not None:
             shape = mapped.records.dtype["features"].shape[1:]
             if shape != (self.dim,):
@@ -433,7 +465,7 @@ class FineReader:
                             self.dim, part)
                 mapped = None
         with self._lock:
-            self._mapped[part] = mapped
+            self._mapped[part] = (mapped, sha)
             if len(self._mapped) > self._max_mapped:
                 self._mapped.popitem(last=False)
         return mapped
@@ -498,7 +530,7 @@ class FineReader:
     def _row_groups(self, part: str, rows: list[int], columns: list[str]
                     ) -> tuple[pa.Table, dict[int, int]]:
         """The row groups holding `rows`, and each row's offset in the returned table."""
-        parquet = pq.ParquetFile(self.fine_dir / part)
+        parquet = open_part(self.fine_dir / part)
         group_size = parquet.metadata.row_group(0).num_rows
         groups = sorted({row // group_size for row in rows})
         table = parquet.read_row_groups(groups, columns=columns)

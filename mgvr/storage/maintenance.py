@@ -11,11 +11,21 @@ import contextlib
 from dataclasses import dataclass, replace
 
 from mgvr.config import IndexConfig
+from mgvr.errors import IndexDamagedError
+from mgvr.hashing import sha256_file
 from mgvr.storage.catalog import Catalog
 from mgvr.storage.commit import Commit
 from mgvr.storage.fine import iter_part_rows, part_metadata
 from mgvr.storage.layout import IndexLayout
 from mgvr.storage.merge import MergeReport, merge_segments
+
+
+def current_bytes(layout: IndexLayout, catalog: Catalog) -> int:
+    """Bytes of what the current generation needs: its registered files, the catalog and the
+    config (retired files, kept a while for readers of older generations, are not counted)."""
+    retired = catalog.retired()
+    files = sum(size for name, (size, _) in catalog.files().items() if name not in retired)
+    return files + sum(p.stat().st_size for p in (layout.catalog, layout.config) if p.exists())
 
 
 def disk_bytes(layout: IndexLayout) -> int:
@@ -42,19 +52,25 @@ class CompactReport:
 def compact(layout: IndexLayout, catalog: Catalog, config: IndexConfig) -> CompactReport:
     """Rewrite parts that hold rows of removed clips, keeping only live rows (with their
     thumbnails and current paths), then merge every coarse segment into one."""
-    before = disk_bytes(layout)
+    before = current_bytes(layout, catalog)
     live = catalog.live_rows_per_part()
     stale = [part for part, rows in catalog.parts().items() if live.get(part, 0) < rows]
     dropped = 0
     if stale:
         dropped = _rewrite_parts(layout, catalog, config, stale)
     merged = merge_segments(layout, catalog, config, budget_s=None, everything=True)
-    return CompactReport(len(stale), dropped, merged, before, disk_bytes(layout))
+    return CompactReport(len(stale), dropped, merged, before, current_bytes(layout, catalog))
 
 
 def _rewrite_parts(layout: IndexLayout, catalog: Catalog, config: IndexConfig,
                    stale: list[str]) -> int:
     dim = config.model.embed_dim
+    sums = catalog.files()
+    for part in stale:  # never copy damaged rows into a part with a fresh checksum
+        name = layout.relative(layout.fine_part(part))
+        if sha256_file(layout.fine_part(part)) != sums.get(name, (0, None))[1]:
+            raise IndexDamagedError(f"{layout.root / name}: fails its checksum; run `mgvr "
+                                    "verify --repair` before compacting")
     moves: list[tuple[int, str, int]] = []
     total = 0
     with Commit(layout, catalog) as commit:

@@ -24,7 +24,7 @@ def _is_own_leftover(layout: IndexLayout, catalog: Catalog, path: Path) -> bool:
     try:
         return read_part_metadata(path).get("catalog_id") == catalog.catalog_id()
     except (OSError, ValueError):
-        return True  # unreadable: a part the killed run had not finished closing
+        return False  # a part gets its name only once whole: unreadable means damaged, kept
 
 
 def unregistered_files(layout: IndexLayout, catalog: Catalog) -> tuple[list[Path], list[Path]]:

@@ -22,16 +22,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mgvr.config import IndexConfig
 from mgvr.errors import MgvrError
 from mgvr.hashing import sha256_file
 from mgvr.storage.catalog import Catalog, ClipLocation, SegmentRecord
-from mgvr.storage.coarse import FLAT_MAX_ROWS, inverted_list, load_segment, segment_items
+from mgvr.storage.coarse import inverted_list, load_segment, segment_items
 from mgvr.storage.commit import Commit
 from mgvr.storage.fine import (
     MappedSidecar,
+    read_part_coarse,
+    read_part_columns,
     read_part_metadata,
     sidecar_path,
     write_sidecar,
@@ -146,7 +147,7 @@ def _check_parts(layout, catalog, config, live, report, found) -> None:
         else:
             try:
                 metadata = read_part_metadata(parquet_path)
-                table = pq.read_table(parquet_path, columns=["clip_id", "frame_times"])
+                table = read_part_columns(parquet_path, ["clip_id", "frame_times"])
             except (OSError, ValueError) as e:
                 report.problems.append(f"fine/{part}: unreadable ({str(e).splitlines()[0]})")
                 found.bad_parts.add(part)
@@ -199,8 +200,7 @@ def _fine_coarse(layout, live: _Locations, positions: np.ndarray, dim: int,
         mine = np.flatnonzero(live.part[positions] == part_index)
         rows = live.row[positions[mine]]
         if part in bad_sidecars:
-            column = pq.read_table(layout.fine_part(part), columns=["coarse"]).column("coarse")
-            out[mine] = [np.asarray(column[int(r)].values, np.float32) for r in rows]
+            out[mine] = read_part_coarse(layout.fine_part(part), rows)
         else:
             if part not in live.sidecars:
                 path = sidecar_path(layout.fine_part(part))
@@ -302,13 +302,12 @@ def _repair_catalog_and_segments(layout, catalog, live, report, found, dim,
         for name in sorted(found.bad_segments):
             keep = np.flatnonzero((live.segment == name)
                                   & ~np.isin(live.ids, list(found.bad_clips)))
-            for start in range(0, len(keep), FLAT_MAX_ROWS - 1):
-                chunk = keep[start:start + FLAT_MAX_ROWS - 1]
-                ids = live.ids[chunk]
-                record = commit.add_segment(
-                    ids, _fine_coarse(layout, live, chunk, dim, set()), kind="flat")
-                commit.change(lambda cat, ids=ids, name=record.name:
-                              cat.assign_segment(ids.tolist(), name))
+            made = commit.add_flat_segments(
+                live.ids[keep], lambda chunk, keep=keep: _fine_coarse(layout, live, keep[chunk],
+                                                                      dim, set()))
+            for ids, segment in made:
+                commit.change(lambda cat, ids=ids, segment=segment:
+                              cat.assign_segment(ids.tolist(), segment))
             report.repaired.append(f"coarse: rebuilt {name} from the fine store "
                                    f"({len(keep)} clips)")
         untombstoned = {s: ids for s, ids in found.untombstoned.items()
@@ -340,13 +339,20 @@ def verify_directory(layout: IndexLayout, repair: bool = False) -> VerifyReport:
     there is a problem to report, and with `repair` the catalog (and mgvr.json) are rebuilt
     from the Parquet parts first. The caller holds the lock (shared without `repair`)."""
     from mgvr.errors import IncompatibleIndexError, IndexDamagedError
-    from mgvr.storage.rebuild import rebuild_catalog
+    from mgvr.storage.rebuild import rebuild_catalog, rebuild_config
 
     rebuilt: list[str] = []
     try:
-        catalog = layout.open_catalog()
         IndexConfig.load(layout.root)
-    except (IndexDamagedError, IncompatibleIndexError) as e:
+    except IncompatibleIndexError as e:
+        if not repair:
+            return VerifyReport(problems=[str(e).split("; ")[0]])
+        if layout.catalog.is_file():  # the catalog may be whole: rebuild only the config
+            rebuild_config(layout)
+            rebuilt.append("mgvr.json: rebuilt from the parts' metadata")
+    try:
+        catalog = layout.open_catalog()
+    except IndexDamagedError as e:
         if not repair:
             return VerifyReport(problems=[str(e).split("; ")[0]])
         result = rebuild_catalog(layout)
@@ -356,6 +362,9 @@ def verify_directory(layout: IndexLayout, repair: bool = False) -> VerifyReport:
                            if result.kept_damaged else ""))
         if result.config_rebuilt:
             rebuilt.append("mgvr.json: rebuilt from the parts' metadata")
+        if result.missing:
+            rebuilt.append(f"catalog: {result.missing} files it held are gone now: recorded as "
+                           "missing (removed by a later index run, as any vanished file)")
         rebuilt += [f"skipped {reason}" for reason in result.skipped]
         catalog = layout.open_catalog()
     try:
