@@ -66,6 +66,9 @@ class FrameRecipe:
 def tool(name: str) -> str:
     env = FFMPEG_ENV if name == "ffmpeg" else FFPROBE_ENV
     found = os.environ.get(env) or shutil.which(name)
+    if found and not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        raise DecoderMissingError(f"${env} names {found}, which is not a program; point it at "
+                                  f"the {name} binary, or unset it to use the one on PATH")
     if not found:
         raise DecoderMissingError(
             f"{name} not found on PATH; install FFmpeg (./setup.sh does, or `apt-get install "

@@ -600,6 +600,13 @@ class Catalog:
                 (command, root and path_key(root), pid, mode, workers, gpus, time.time()))
             return int(cursor.lastrowid)
 
+    def set_run_cluster(self, run_id: int, mode: str, workers: int | None,
+                        gpus: int | None) -> None:
+        """How a run runs, once it knows (a Ray run joins its cluster after it is recorded)."""
+        with self.transaction():
+            self.conn.execute("UPDATE runs SET mode = ?, workers = ?, gpus = ? WHERE id = ?",
+                              (mode, workers, gpus, run_id))
+
     def finish_run(self, run_id: int, status: str = "finished", error: str | None = None,
                    **counts: int) -> None:
         with self.transaction():
