@@ -180,3 +180,33 @@ def test_small_segments_with_tombstones_never_return_dead_clips_or_crowd_out_liv
     live = ~np.isin(ids, dead)
     assert not np.isin(found, dead).any()
     assert np.array_equal(found, _exact(ids[live], vectors[live], queries, 50))
+
+
+def test_verify_takes_sq8_codes_of_outliers_for_intact_and_other_vectors_for_damage(
+        small_thresholds):
+    """An SQ8 segment clips values outside the ranges trained on its sample; verify expects
+    the segment's own coding of the fine copy, so such a vector is intact, while another
+    clip's vector in its place is damage."""
+    import faiss
+
+    from mgvr.storage.coarse import inverted_list
+    from mgvr.storage.verify import _stored_as
+
+    _, ids, vectors = _clips(9001)
+    index, layout = build_segment(ids[:-1], vectors[:-1])
+    assert layout.kind == "ivf-sq8"
+    # A clip outside the sample the ranges were trained on (as at 1M clips, where the sample
+    # is 6.5%), with one value far out of range: clipped by the codes.
+    vectors[-1, 3] = 4.0
+    index.add_with_ids(vectors[-1:], ids[-1:])
+    ivf = faiss.extract_index_ivf(index)
+    got = [inverted_list(ivf, n) for n in range(ivf.nlist)]
+    stored_ids = np.concatenate([i for i, _ in got])
+    stored = np.concatenate([v for _, v in got])
+    fine = vectors[np.searchsorted(ids, stored_ids)]
+    outlier = np.flatnonzero(stored_ids == ids[-1])[0]
+    assert np.abs(stored[outlier] - fine[outlier]).max() > 1.0  # the codes did clip it
+    assert _stored_as(stored, fine, index).all()
+    swapped = fine.copy()
+    swapped[[0, 1]] = fine[[1, 0]]
+    assert _stored_as(stored, swapped, index).tolist() == [False, False] + [True] * (len(fine) - 2)

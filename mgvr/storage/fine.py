@@ -407,6 +407,11 @@ class MappedSidecar:
             self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.records = np.frombuffer(self.map, dtype, count=shape[0], offset=self.offset)
 
+    def release_pages(self) -> None:
+        """Drop this mapping's pages from the process's resident set (not from the page cache:
+        the next read of them is a minor fault)."""
+        self.map.madvise(mmap.MADV_DONTNEED)
+
     def prefetch(self, rows: np.ndarray) -> None:
         """Ask the kernel to start reading these rows now: the reads of all candidates then
         overlap instead of each waiting for the previous one's page fault (measured at 1M clips

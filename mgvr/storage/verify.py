@@ -18,6 +18,7 @@ listed for re-indexing. Each repair step is a commit.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,10 +41,13 @@ from mgvr.storage.fine import (
 from mgvr.storage.layout import IndexLayout
 from mgvr.storage.orphans import remove_orphans, unregistered_files
 
-EXACT_TOLERANCE = 1e-4  # largest |FAISS - fine copy| per dimension, float32 segments
-# SQ8 codes clip the rare value outside the ranges trained on a sample (up to 0.03 in one
-# dimension, measured at 1M clips), yet keep the direction: cosine >= 0.9995 measured.
-SQ8_MIN_COSINE = 0.999
+# Largest |FAISS - expected| per dimension. An SQ8 segment is expected to hold its own coding
+# of the fine copy (encode then decode with the segment's quantizer, exact): a bound on the
+# raw difference or the cosine would flag the rare value clipped by the quantizer's ranges.
+EXACT_TOLERANCE = 1e-4
+# Sidecar pages a segment check may keep mapped before it lets them go (they stay in the page
+# cache; only this process's resident set shrinks).
+MAPPED_VECTORS_BUDGET = 8192
 
 
 @dataclass
@@ -75,16 +79,30 @@ class _Locations:
     """Live clips as sorted arrays (16 bytes a clip), to find a clip's part and row."""
 
     def __init__(self, catalog: Catalog) -> None:
-        locations = list(catalog.clip_locations())
-        self.ids = np.array([loc.clip_id for loc in locations], np.int64)
-        self.parts = sorted({loc.part for loc in locations})
-        part_index = {name: i for i, name in enumerate(self.parts)}
-        self.part = np.array([part_index[loc.part] for loc in locations], np.int32)
-        self.row = np.array([loc.row for loc in locations], np.int64)
-        self.segment = np.array([loc.segment for loc in locations], object)
-        self.path = {loc.clip_id: loc.video_path for loc in locations}
-        self.sidecars: dict[str, np.ndarray] = {}  # part -> its mapped sidecar records
-        del locations
+        ids, parts, rows, segments = array("q"), array("i"), array("q"), array("i")
+        part_index: dict[str, int] = {}
+        segment_index: dict[str, int] = {}
+        for loc in catalog.clip_locations():  # streamed: no object per clip is kept
+            ids.append(loc.clip_id)
+            parts.append(part_index.setdefault(loc.part, len(part_index)))
+            rows.append(loc.row)
+            segments.append(segment_index.setdefault(loc.segment, len(segment_index)))
+        self.ids = np.frombuffer(ids, np.int64)
+        self.parts = list(part_index)
+        self.part = np.frombuffer(parts, np.int32)
+        self.row = np.frombuffer(rows, np.int64)
+        # One shared str object per segment name: 8 bytes a clip.
+        self.segment = np.array(list(segment_index), object)[np.frombuffer(segments, np.int32)]
+        self.sidecars: dict[str, MappedSidecar] = {}
+        self.mapped_reads = 0  # vectors read through `sidecars` since their pages were let go
+
+    def release_pages(self) -> None:
+        """Let the sidecars' pages go from the resident set once a budget of reads is spent,
+        so that walking a big segment list by list (clips of every part) stays bounded."""
+        if self.mapped_reads >= MAPPED_VECTORS_BUDGET:
+            for sidecar in self.sidecars.values():
+                sidecar.release_pages()
+            self.mapped_reads = 0
 
     def find(self, clip_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions, is_live) of `clip_ids`: where each would sit, and whether it is live."""
@@ -206,9 +224,10 @@ def _fine_coarse(layout, live: _Locations, positions: np.ndarray, dim: int,
             out[mine] = read_part_coarse(layout.fine_part(part), rows)
         else:
             if part not in live.sidecars:
-                path = sidecar_path(layout.fine_part(part))
-                live.sidecars[part] = MappedSidecar(path).records
-            out[mine] = live.sidecars[part]["coarse"][rows]
+                live.sidecars[part] = MappedSidecar(sidecar_path(layout.fine_part(part)))
+            out[mine] = live.sidecars[part].records["coarse"][rows]
+            live.mapped_reads += len(rows)
+    live.release_pages()
     return out
 
 
@@ -246,12 +265,17 @@ def _check_segments(layout, catalog, config, live, report, found) -> None:
         found.bad_segments.update(live.segment[unplaced].tolist())
 
 
-def _stored_as(stored: np.ndarray, fine: np.ndarray, kind: str) -> np.ndarray:
+def _stored_as(stored: np.ndarray, fine: np.ndarray, index) -> np.ndarray:
     """(N,) whether each FAISS vector is the fine copy, as its segment's codes keep it."""
-    if kind != "ivf-sq8":
-        return np.abs(stored - fine).max(axis=1) <= EXACT_TOLERANCE
-    norms = np.linalg.norm(stored, axis=1) * np.linalg.norm(fine, axis=1)
-    return (stored * fine).sum(axis=1) >= SQ8_MIN_COSINE * np.maximum(norms, 1e-12)
+    import faiss
+
+    if isinstance(index, faiss.IndexIDMap2):
+        expected = fine
+    else:
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        expected = (ivf.sq.decode(ivf.sq.compute_codes(fine))
+                    if isinstance(ivf, faiss.IndexIVFScalarQuantizer) else fine)
+    return np.abs(stored - expected).max(axis=1) <= EXACT_TOLERANCE
 
 
 def _check_segment(layout, catalog, segment: SegmentRecord, index, live, seen, report, found,
@@ -273,7 +297,7 @@ def _check_segment(layout, catalog, segment: SegmentRecord, index, live, seen, r
         good = np.array([live.ids[p] not in found.bad_clips for p in positions], bool)
         if good.any():
             fine = _fine_coarse(layout, live, positions[good], dim, found.bad_sidecars)
-            wrong += int((~_stored_as(vectors[mine][good], fine, segment.kind)).sum())
+            wrong += int((~_stored_as(vectors[mine][good], fine, index)).sum())
     if extra:
         report.problems.append(f"coarse: {extra} vectors of removed clips are searchable in "
                                f"{segment.name} (e.g. clip "
@@ -298,7 +322,8 @@ def _repair(layout, catalog, config, live: _Locations, report, found) -> None:
         report.repaired.append(f"rebuilt {len(found.bad_sidecars)} sidecars from their "
                                "Parquet parts")
         live.sidecars.clear()  # mappings of the damaged files
-    lost_paths = sorted({live.path[int(i)] for i in found.bad_clips})
+    lost_paths = sorted({loc.video_path for loc in catalog.clip_locations()
+                         if loc.clip_id in found.bad_clips}) if found.bad_clips else []
     if found.bad_segments or found.untombstoned or lost_paths or found.bad_parts:
         _repair_catalog_and_segments(layout, catalog, live, report, found, dim, lost_paths)
     removed = remove_orphans(layout, catalog)
