@@ -234,7 +234,7 @@ def _run_outcome(run: dict) -> str:
     took = f"{run['finished_at'] - run['started_at']:.1f}s"
     if run["command"] != "index":
         return f"{took}"
-    how = "" if run["mode"] == "local" else f" on {run['mode']}, {run['workers']} workers, " \
+    how = "" if run["mode"] == "local" else f" on {run['mode']}: {run['workers']} nodes, " \
                                              f"{run['gpus']} GPUs"
     return (f"{took}{how}: indexed {run['indexed']} ({run['clips_added']} clips), unchanged "
             f"{run['unchanged']}, moved {run['moved']}, missing {run['missing']}, removed "
