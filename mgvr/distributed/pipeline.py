@@ -67,23 +67,37 @@ class Placement:
         return max(1, frame_batch_size(self.device.split(":")[0]) // frames_per_clip)
 
 
+def decode_dataset(entries: list[discover.FileEntry], clip_seconds: float, frames: int,
+                   recipe: FrameRecipe, timeout_s: float):
+    """The lazy Ray Dataset of the CPU stages: decoded clips and failures."""
+    import ray
+
+    return (ray.data.from_items([pack(entry) for entry in entries])
+            .repartition(target_num_rows_per_block=1)
+            .flat_map(probe_rows, fn_args=(clip_seconds, timeout_s), num_cpus=PROBE_CPUS)
+            .repartition(target_num_rows_per_block=1)
+            .flat_map(decode_rows, fn_args=(frames, recipe, timeout_s), num_cpus=DECODE_CPUS))
+
+
 def dataset(entries: list[discover.FileEntry], root: Path, config: IndexConfig,
             recipe: FrameRecipe, options: IndexOptions, placement: Placement):
     """The lazy Ray Dataset of an index run's records (nothing runs until it is iterated)."""
+    decoded = decode_dataset(entries, config.clip_seconds, config.frames_per_clip, recipe,
+                             options.decode_timeout_s)
+    return decoded.map_batches(
+        EncodeActor, batch_size=placement.clip_batch(config.frames_per_clip),
+        batch_format="numpy",
+        fn_constructor_kwargs={"root": str(root), "config": config, "device": placement.device},
+        **placement.map_batches_args())
+
+
+def quiet_data_context() -> None:
+    """mgvr prints its own progress, as in a local run: no Ray Data bars or banners."""
     import ray
 
-    timeout = options.decode_timeout_s
-    return (ray.data.from_items([pack(entry) for entry in entries])
-            .repartition(target_num_rows_per_block=1)
-            .flat_map(probe_rows, fn_args=(config.clip_seconds, timeout), num_cpus=PROBE_CPUS)
-            .repartition(target_num_rows_per_block=1)
-            .flat_map(decode_rows, fn_args=(config.frames_per_clip, recipe, timeout),
-                      num_cpus=DECODE_CPUS)
-            .map_batches(EncodeActor, batch_size=placement.clip_batch(config.frames_per_clip),
-                         batch_format="numpy",
-                         fn_constructor_kwargs={"root": str(root), "config": config,
-                                                "device": placement.device},
-                         **placement.map_batches_args()))
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
 
 
 def run_ray(entries: list[discover.FileEntry], folder: Path, root: Path, config: IndexConfig,
@@ -98,11 +112,7 @@ def run_ray(entries: list[discover.FileEntry], folder: Path, root: Path, config:
     try:
         on_cluster(cluster)
         check_nodes(cluster, [folder, root])
-        import ray
-
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # mgvr's own progress, as in a local run
-        context.print_on_execution_start = False
+        quiet_data_context()
         ds = dataset(entries, root, config, recipe, options,
                      Placement.for_cluster(cluster, options.device))
         timings = {"connect": time.perf_counter() - started, "decode_wait": 0.0, "write": 0.0}
