@@ -313,3 +313,17 @@ def test_an_encode_actor_that_cannot_load_the_model_reports_it_as_a_row(small_in
     [record] = [unpack({COLUMN: value}) for value in out[COLUMN]]
     assert isinstance(record, WorkerError)
     assert isinstance(record.error, UsageError) and str(weights) in str(record.error)
+
+
+def test_without_ray_installed_it_says_how_to_install_it(tmp_path, corpus):
+    """Ray made unimportable in the CLI's process (sys.modules["ray"] = None)."""
+    code = ("import sys; sys.modules['ray'] = None; from mgvr.cli import main; "
+            "sys.argv = ['mgvr', *sys.argv[1:]]; main()")
+    result = subprocess.run([sys.executable, "-c", code, "index", str(corpus), "--index",
+                             str(tmp_path / "index"), "--ray", "auto"], capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        'mgvr: error: --ray needs Ray Data, which is not installed; install it with '
+        '`pip install "mgvr[ray]"` (Ray Data 2.60)'], result.stderr
+    assert not (tmp_path / "index").exists()

@@ -3,6 +3,7 @@ its share: see the video folder and the index at the same paths, and run ffmpeg 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -19,6 +20,12 @@ class ClusterInfo:
     nodes: list[tuple[str, str]]  # (node id, IP address) of each alive node
     cpus: float
     gpus: int
+
+
+def require_ray() -> None:
+    """Refuse --ray at once when Ray is not installed (without importing it: seconds)."""
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError(f"--ray needs Ray Data, which is not installed; {INSTALL_HINT}")
 
 
 def import_ray():

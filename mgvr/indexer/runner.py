@@ -55,6 +55,10 @@ def check_options(options: IndexOptions) -> None:
                          f"{options.max_remove:.0%}")
     if options.remove_after_s < 0:
         raise UsageError("--remove-after must be 0 or more")
+    if options.ray_address:
+        from mgvr.distributed.cluster import require_ray
+
+        require_ray()
 
 
 class Indexer:
