@@ -24,6 +24,7 @@ from mgvr.config import IndexConfig
 from mgvr.distributed.cluster import ClusterInfo, check_nodes, connect, disconnect
 from mgvr.distributed.encode import EncodeActor
 from mgvr.distributed.records import WorkerError, decode_rows, pack, probe_rows, unpack
+from mgvr.errors import UsageError
 from mgvr.indexer import discover
 from mgvr.indexer.assembly import Assembly
 from mgvr.indexer.decode import FrameRecipe
@@ -51,8 +52,12 @@ class Placement:
 
     @classmethod
     def for_cluster(cls, cluster: ClusterInfo, device: str | None) -> Placement:
-        if cluster.gpus and (device is None or device.startswith("cuda")):
-            return cls(device or "cuda", cluster.gpus, 1)
+        wants_gpu = device is not None and device.startswith("cuda")
+        if wants_gpu and not cluster.gpus:
+            raise UsageError(f"--device {device}: the Ray cluster has no GPUs; drop --device "
+                             "to encode on CPU actors, or add nodes with GPUs")
+        if cluster.gpus and (device is None or wants_gpu):
+            return cls("cuda", cluster.gpus, 1)  # Ray shows each actor its own GPU as cuda:0
         return cls("cpu", max(1, len(cluster.nodes)), 0)
 
     def map_batches_args(self) -> dict:
