@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -327,3 +328,16 @@ def test_without_ray_installed_it_says_how_to_install_it(tmp_path, corpus):
         'mgvr: error: --ray needs Ray Data, which is not installed; install it with '
         '`pip install "mgvr[ray]"` (Ray Data 2.60)'], result.stderr
     assert not (tmp_path / "index").exists()
+
+
+def test_an_address_nothing_answers_on_is_one_line_at_once():
+    from mgvr.distributed.cluster import connect
+    from mgvr.errors import UsageError
+
+    with socket.socket() as free:  # a port nothing listens on once closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(UsageError, match=f"--ray 127.0.0.1:{port}: no Ray cluster answers"):
+        connect(f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 30  # Ray itself would retry for minutes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from mgvr.errors import DecoderMissingError, UsageError
 
 INSTALL_HINT = 'install it with `pip install "mgvr[ray]"` (Ray Data 2.60)'
 NODE_CHECK_TIMEOUT_S = 120.0
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ def connect(address: str) -> ClusterInfo:
     """Join the cluster at `address`; "auto": $RAY_ADDRESS, else a cluster running on this
     machine, else a new local one (stopped again by `disconnect`)."""
     ray = import_ray()
+    _check_reachable(os.environ.get("RAY_ADDRESS", "") if address == "auto" else address)
     # mgvr prints its own progress and one-line errors: Ray's logs go to its session folder.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     try:
@@ -54,6 +57,19 @@ def connect(address: str) -> ClusterInfo:
     return ClusterInfo([(node["NodeID"], node["NodeManagerAddress"]) for node in nodes],
                        sum(node["Resources"].get("CPU", 0) for node in nodes),
                        int(sum(node["Resources"].get("GPU", 0) for node in nodes)))
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that nothing answers on fails here in seconds: Ray itself would retry for
+    minutes."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto" without $RAY_ADDRESS, or a ray:// client address: Ray decides
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise UsageError(f"--ray {address}: no Ray cluster answers there ({e.strerror or e}); "
+                         "start one with `ray start --head`, or pass its address") from None
 
 
 def disconnect() -> None:
