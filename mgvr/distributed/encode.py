@@ -3,6 +3,7 @@ map_batches (a pool of actors, each on one GPU or a fraction of a CPU core)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,12 @@ class EncodeActor:
     def __init__(self, root: str, config: IndexConfig, device: str) -> None:
         from mgvr.indexer.encode import EncodeStage
 
+        if device == "cpu":
+            import torch
+
+            # Ray gives a fractional actor one thread; like a local run, encode with the
+            # node's cores, which ffmpeg shares (this process runs nothing else).
+            torch.set_num_threads(os.cpu_count() or 1)
         self.error: WorkerError | None = None
         try:
             self.stage = EncodeStage.for_index(Path(root), config, device)
