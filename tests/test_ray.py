@@ -167,7 +167,8 @@ def test_ray_run_gives_the_local_index(cluster, tmp_path, corpus, tiny_model, re
     lines = _mgvr_lines(result.stderr)
     assert lines[0] == "mgvr: indexing 10 files", result.stderr  # the local run's progress
     assert [line for line in lines if not line.startswith("mgvr: ")] == [], result.stderr
-    assert sum(line.startswith("mgvr: committed generation") for line in lines) >= 3
+    # rows come in no fixed order, so a 40-clip file may fill one commit: 2 commits at least
+    assert sum(line.startswith("mgvr: committed generation") for line in lines) >= 2
     assert result.stdout.startswith("indexed 10 files (66 clips), unchanged 0")
     _assert_same_index(_relative(_snapshot(index_dir), corpus), reference)
     assert verify_index(index_dir).clean
