@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine: FFmpeg (and Chromium, for the web UI's browser tests)
 # from the system's package manager, then a virtual environment in .venv with mgvr, its test
-# tools and the sample clips the tests use.
+# tools, Ray Data (for `mgvr index --ray` and its tests) and the sample clips the tests use.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -38,7 +38,7 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
 fi
 
 python3 -m venv .venv
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,ray]"
 # Where an NVIDIA GPU is, FAISS's GPU build replaces the CPU one (both are the `faiss` module);
 # if it cannot be installed, faiss-cpu stays and search uses an exact torch search on the GPU.
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then

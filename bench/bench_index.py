@@ -13,6 +13,9 @@ What it measures, in one run:
    encode) and full / (decode + encode) show how well the pipeline overlaps the two stages.
 5. search: a Retriever on that index; p50/p95 of each SearchResult.timings_ms stage and of
    the whole call, with the TIB rerank (depth 50) and coarse-only.
+6. with --ray: the same index run with `--ray` on a Ray cluster (by default a local one of
+   this machine's CPUs, started and stopped here), its wall time over the local run's, and
+   the Ray decode stage alone (probe + decode tasks, no encoding): decoded clips/s per CPU.
 
 The last line printed is one JSON object with every number (also written by --json-out).
 
@@ -20,6 +23,7 @@ Run it from the repository root:
 
     .venv/bin/python bench/bench_index.py --files 24
     .venv/bin/python bench/bench_index.py --model ViT-B-32 --pretrained none --files 8
+    .venv/bin/python bench/bench_index.py --files 96 --ray        # --ray vs local, one machine
 """
 
 from __future__ import annotations
@@ -88,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=50, help="timed search queries (default 50)")
     p.add_argument("--rerank-depth", type=int, default=50)
     p.add_argument("--json-out", type=Path, help="also write the JSON result here")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="also index with --ray: on the cluster at ADDRESS, or (no ADDRESS) on "
+                        "a local cluster of this machine's CPUs started for the benchmark")
     args = p.parse_args(argv)
     if args.files <= 0 or args.queries <= 0 or args.workers <= 0:
         p.error("--files, --queries and --workers must be positive")
@@ -258,6 +265,70 @@ def bench_index(corpus: Path, index_dir: Path, args: argparse.Namespace,
             "failures": [f"{Path(p).name}: {r} {d}" for p, r, d in summary.failures]}
 
 
+# --ray ----------------------------------------------------------------------------------------
+
+def bench_ray(corpus: Path, work: Path, args: argparse.Namespace, encoder: ClipEncoder,
+              local: dict, encode_only: dict) -> dict:
+    """The index run with --ray, and the Ray decode stage alone, on one cluster."""
+    from ray.cluster_utils import Cluster
+
+    from mgvr.distributed.cluster import connect, disconnect
+    from mgvr.distributed.pipeline import decode_dataset, quiet_data_context
+    from mgvr.distributed.records import unpack
+    from mgvr.indexer.stages import DecodedClipOf
+
+    cluster = cluster_start_s = None
+    address = args.ray
+    if address == "local":
+        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="mgvr-ray-", dir="/tmp")
+        started = time.perf_counter()
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": os.cpu_count(), "include_dashboard": False})
+        address = cluster.address
+        cluster_start_s = time.perf_counter() - started
+    try:
+        options = IndexOptions(model=args.model, pretrained=args.pretrained,
+                               frames_per_clip=args.frames, clip_seconds=args.clip_seconds,
+                               device=args.device, settle_seconds=0, ray_address=address)
+        started = time.perf_counter()
+        summary = Indexer(work / "index-ray", options).run(corpus)
+        seconds = time.perf_counter() - started
+
+        info = connect(address)
+        try:
+            quiet_data_context()
+            recipe = decode.FrameRecipe(encoder.preprocess.image_size,
+                                        encoder.preprocess.interpolation,
+                                        encoder.preprocess.resize_mode)
+            started = time.perf_counter()
+            ds = decode_dataset(corpus_entries(corpus), args.clip_seconds, args.frames, recipe,
+                                IndexOptions().decode_timeout_s)
+            clips = sum(isinstance(unpack(row), DecodedClipOf) for row in ds.iter_rows())
+            decode_s = time.perf_counter() - started
+        finally:
+            disconnect()
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+    stages = dict(summary.stage_seconds)
+    clips_per_s_encode = encode_only["frames_per_s"] / args.frames
+    return {"address": "local cluster" if cluster else address,
+            "cluster_start_s": cluster_start_s,
+            "nodes": len(info.nodes), "cpus": info.cpus, "gpus": info.gpus,
+            "seconds": seconds, "clips": summary.clips_added, "indexed": summary.indexed,
+            "failed": summary.failed, "ratio_over_local": seconds / local["seconds"],
+            "ratio_over_local_without_connect":
+                (seconds - stages.get("connect", 0.0)) / local["seconds"],
+            "stage_seconds": stages,
+            "decode_only": {"seconds": decode_s, "clips": clips,
+                            "clips_per_s_per_cpu": clips / decode_s / info.cpus},
+            # The driver's share: assembling files and committing them (Parquet, FAISS,
+            # SQLite), the one part that does not grow with the cluster.
+            "driver_write_clips_per_s": summary.clips_added / max(stages["write"], 1e-9),
+            "encode_clips_per_s_per_device": clips_per_s_encode,
+            "encode_device": str(encoder.device)}
+
+
 # search ---------------------------------------------------------------------------------------
 
 SUBJECTS = ["a red car", "a dog", "colour bars", "a fractal", "a man", "green cells",
@@ -338,6 +409,27 @@ def report(r: dict) -> None:
     print(f"search: {s['queries']} queries, rerank depth {s['rerank_depth']}")
     print_search("rerank", s["rerank"])
     print_search("coarse-only", s["coarse_only"])
+    if "ray" in r:
+        report_ray(r["ray"], f)
+
+
+def report_ray(ray: dict, local: dict) -> None:
+    started = (f", started in {ray['cluster_start_s']:.1f} s" if ray["cluster_start_s"]
+               else "")
+    print(f"--ray on {ray['address']} ({ray['nodes']} nodes, {ray['cpus']:g} CPUs, "
+          f"{ray['gpus']} GPUs{started}): {ray['seconds']:.2f} s, {ray['clips']} clips, "
+          f"{ray['indexed']} indexed, {ray['failed']} failed")
+    print(f"  --ray / local = {ray['seconds']:.2f} / {local['seconds']:.2f} = "
+          f"{ray['ratio_over_local']:.2f}   (without joining the cluster and checking its "
+          f"nodes, {ray['stage_seconds'].get('connect', 0):.2f} s: "
+          f"{ray['ratio_over_local_without_connect']:.2f})")
+    print("  stage_seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in ray["stage_seconds"].items()))
+    d = ray["decode_only"]
+    print(f"  Ray decode stage alone: {d['clips']} clips in {d['seconds']:.2f} s = "
+          f"{d['clips_per_s_per_cpu']:.2f} clips/s per CPU")
+    print(f"  encode: {ray['encode_clips_per_s_per_device']:.1f} clips/s on one "
+          f"{ray['encode_device']} device; driver write: {ray['driver_write_clips_per_s']:.0f} "
+          "clips/s")
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
@@ -358,11 +450,14 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     indexed = bench_index(corpus, index_dir, args, decoded["seconds"], encoded["seconds"])
     searched = bench_search(index_dir, args)
     machine = {**machine_info(encoder.device), "ffmpeg": ffmpeg_version()}
-    return {"machine": machine, "model": encoder.identity.name,
-            "pretrained": encoder.identity.pretrained, "model_load_s": model_load_s,
-            "frames": args.frames, "clip_seconds": args.clip_seconds,
-            "corpus": {**describe_corpus(entries), **generated},
-            "decode": decoded, "encode": encoded, "index": indexed, "search": searched}
+    result = {"machine": machine, "model": encoder.identity.name,
+              "pretrained": encoder.identity.pretrained, "model_load_s": model_load_s,
+              "frames": args.frames, "clip_seconds": args.clip_seconds,
+              "corpus": {**describe_corpus(entries), **generated},
+              "decode": decoded, "encode": encoded, "index": indexed, "search": searched}
+    if args.ray:
+        result["ray"] = bench_ray(corpus, work, args, encoder, indexed, encoded)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,6 +172,12 @@ def index(
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress or summary; only failures are printed (for cron).")]
         = False,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="auto|ADDRESS",
+        help="Probe, decode and encode on a Ray cluster (needs mgvr\\[ray]); this machine still "
+             "plans and commits. auto: the cluster at $RAY_ADDRESS, else one running on this "
+             "machine, else a new local one; or a cluster's address (HOST:PORT).",
+        show_default=False)] = None,
 ) -> None:
     """Index every video under FOLDER (new, changed, moved and deleted files are handled).
 
@@ -188,7 +194,7 @@ def index(
                            wait_s=wait, settle_seconds=settle_seconds,
                            commit_every_clips=max(1, commit_every),
                            max_remove=_share(max_remove), remove_after_s=_duration(remove_after),
-                           merge_budget_s=merge_budget)
+                           merge_budget_s=merge_budget, ray_address=ray)
     if workers is not None:
         if workers <= 0:
             raise _fail_usage(f"--workers must be positive, not {workers}")
@@ -228,7 +234,7 @@ def _run_outcome(run: dict) -> str:
     took = f"{run['finished_at'] - run['started_at']:.1f}s"
     if run["command"] != "index":
         return f"{took}"
-    how = "" if run["mode"] == "local" else f" on {run['mode']}, {run['workers']} workers, " \
+    how = "" if run["mode"] == "local" else f" on {run['mode']}: {run['workers']} nodes, " \
                                              f"{run['gpus']} GPUs"
     return (f"{took}{how}: indexed {run['indexed']} ({run['clips_added']} clips), unchanged "
             f"{run['unchanged']}, moved {run['moved']}, missing {run['missing']}, removed "

@@ -56,6 +56,9 @@ class DecodeError(MgvrError):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self):  # pickled with its three fields (a Ray worker sends it back)
+        return type(self), (self.path, self.reason, self.detail)
+
 
 class LockedError(MgvrError):
     """Another index run holds the writer lock."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mgvr.indexer import discover
 from mgvr.indexer.options import Progress, RunSummary
-from mgvr.indexer.stages import DecodedClipOf, FileFailure
+from mgvr.indexer.stages import FileFailure, ProbedFile
 from mgvr.indexer.writer import EncodedClip, FileFacts, IndexWriter
 
 
@@ -36,8 +36,7 @@ class Assembly:
         self.summary.failures.append((entry.path, error.reason, error.detail))
         self.progress.advance(0, failed=True)
 
-    def add(self, item: DecodedClipOf, clip: EncodedClip) -> None:
-        probed = item.file
+    def add(self, probed: ProbedFile, clip: EncodedClip) -> None:
         path = probed.entry.path
         if path in self._failed:
             return

@@ -33,6 +33,9 @@ class IndexOptions:
     max_remove: float = 0.5
     remove_after_s: float = 7 * DAY_S
     merge_budget_s: float = 60.0  # seconds of segment merging at the end of a run
+    # None: a local run. "auto" (a running cluster, else a local one) or a cluster address:
+    # probe, decode and encode on Ray (mgvr.distributed); this process still plans and commits.
+    ray_address: str | None = None
 
 
 @dataclass

@@ -45,7 +45,7 @@ def run_local(entries: list[discover.FileEntry], stage: EncodeStage, frames: int
         timings["encode"] += time.perf_counter() - started
         started = time.perf_counter()
         for item, clip in zip(batch, encoded, strict=True):
-            assembly.add(item, clip)
+            assembly.add(item.file, clip)
         after_batch()
         timings["write"] += time.perf_counter() - started
 

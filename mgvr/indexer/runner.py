@@ -55,6 +55,10 @@ def check_options(options: IndexOptions) -> None:
                          f"{options.max_remove:.0%}")
     if options.remove_after_s < 0:
         raise UsageError("--remove-after must be 0 or more")
+    if options.ray_address:
+        from mgvr.distributed.cluster import require_ray
+
+        require_ray()
 
 
 class Indexer:
@@ -94,7 +98,7 @@ class Indexer:
         summary = RunSummary(str(root))
         try:
             with disk_full_as_error(self.layout):  # so the run records the one-line reason
-                self._run_locked(root, catalog, summary)
+                self._run_locked(root, catalog, summary, run_id)
         except BaseException as e:
             message = str(e) or type(e).__name__
             with contextlib.suppress(Exception):  # a full disk may refuse this too
@@ -111,7 +115,8 @@ class Indexer:
                 "missing": summary.missing, "moved": summary.moved + summary.restored,
                 "deferred": summary.deferred, "clips_added": summary.clips_added}
 
-    def _run_locked(self, root: Path, catalog: Catalog, summary: RunSummary) -> None:
+    def _run_locked(self, root: Path, catalog: Catalog, summary: RunSummary,
+                    run_id: int) -> None:
         from mgvr.storage.orphans import remove_orphans
 
         remove_orphans(self.layout, catalog)
@@ -138,7 +143,7 @@ class Indexer:
             for record, entry in plan.moved + plan.restored:
                 writer.move(record.path, entry.path, entry.size, entry.mtime_ns)
             if plan.to_index:
-                self._index_files(plan.to_index, config, writer, summary)
+                self._index_files(root, plan.to_index, config, writer, summary, run_id)
             self._commit(writer, summary)
         finally:
             writer.abort()
@@ -235,24 +240,40 @@ class Indexer:
         return config
 
     # the pipeline -------------------------------------------------------------------------------
-    def _index_files(self, entries: list[discover.FileEntry], config: IndexConfig, writer,
-                     summary: RunSummary) -> None:
+    def _index_files(self, root: Path, entries: list[discover.FileEntry], config: IndexConfig,
+                     writer, summary: RunSummary, run_id: int) -> None:
         from mgvr.indexer.assembly import Assembly
         from mgvr.indexer.encode import EncodeStage
-        from mgvr.indexer.pipeline import run_local
 
         started = time.perf_counter()
-        stage = EncodeStage.for_index(self.layout.root, config, self.options.device,
-                                      self._encoder)
+        # A Ray run's driver loads the model on its CPU only to check it and to learn its frame
+        # recipe; the encode actors load their own copies.
+        device = "cpu" if self.options.ray_address else self.options.device
+        stage = EncodeStage.for_index(self.layout.root, config, device, self._encoder)
         load_seconds = time.perf_counter() - started + self._load_seconds
         assembly = Assembly(writer, summary, self.progress)
-        self.progress.start(len(entries))
-        try:
-            timings = run_local(entries, stage, config.frames_per_clip, config.clip_seconds,
-                                self.options, assembly, lambda: self._maybe_commit(writer,
-                                                                                   summary))
-        finally:
-            self.progress.stop()
+
+        def after_batch() -> None:
+            self._maybe_commit(writer, summary)
+
+        if self.options.ray_address:
+            from mgvr.distributed.pipeline import run_ray
+
+            def record_cluster(cluster) -> None:
+                writer.catalog.set_run_cluster(run_id, "ray", len(cluster.nodes), cluster.gpus)
+
+            timings = run_ray(entries, root, self.layout.root, config, stage.recipe,
+                              self.options, assembly, self.progress, after_batch,
+                              record_cluster)
+        else:
+            from mgvr.indexer.pipeline import run_local
+
+            self.progress.start(len(entries))
+            try:
+                timings = run_local(entries, stage, config.frames_per_clip,
+                                    config.clip_seconds, self.options, assembly, after_batch)
+            finally:
+                self.progress.stop()
         summary.stage_seconds = {"load_model": load_seconds, **timings}
 
     def _maybe_commit(self, writer, summary: RunSummary) -> None:

@@ -43,6 +43,11 @@ if not any(isinstance(f, _RandomInitNotice) for f in logging.getLogger().filters
     logging.getLogger().addFilter(_RandomInitNotice())
 
 
+def frame_batch_size(device_type: str) -> int:
+    """Frames encoded per batch on a device of this type ("cuda", "cpu")."""
+    return 512 if device_type == "cuda" else 64
+
+
 def pick_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)
@@ -105,7 +110,7 @@ class ClipEncoder:
         return self.identity.embed_dim
 
     def frame_batch_size(self) -> int:
-        return 512 if self.device.type == "cuda" else 64
+        return frame_batch_size(self.device.type)
 
     def pixels(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, S, S, 3) uint8 frames on the device -> (N, 3, S, S) model input:
