@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from mgvr.indexer.decode import ClipSpan, FrameRecipe, decode_clip, probe
 from mgvr.training.datasets import read_msrvtt
@@ -89,3 +90,29 @@ def test_demo_generates_the_corpus_from_the_command_line(tmp_path):
     too_many = runner.invoke(app, ["demo", str(tmp_path / "demo"), "--test-clips", "301",
                                    "--generate-only"])
     assert too_many.exit_code == 2 and "--test-clips" in too_many.output
+
+
+def test_demo_trains_indexes_and_leaves_a_searchable_index(tmp_path):
+    """The whole demo at its smallest: corpus, one training step, `mgvr index` of the test
+    clips with the trained model, the table from searching that index; then `mgvr search`
+    on the demo's index works as printed."""
+    from typer.testing import CliRunner
+
+    from mgvr.cli import app
+
+    directory = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", str(directory), "--train-clips", "4",
+                                      "--test-clips", "6", "--epochs", "1", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "coarse_to_fine@50" in result.output and "gain over coarse" in result.output
+    index = directory / "index"
+    assert f"mgvr search \"a red circle moves left on a gray background\" --index {index}" \
+        in result.output and f"mgvr serve --index {index}" in result.output
+    config = json.loads((index / "mgvr.json").read_text())
+    assert config["head_source"] == str(directory / "run" / "checkpoint")
+    captions = directory / "test-videos" / "captions.csv"
+    assert len(captions.read_text().splitlines()) == 1 + 6
+    search = run_cli("search", "a red circle moves left", "--index", str(index), "--json")
+    assert search.returncode == 0, search.stderr
+    hits = json.loads(search.stdout)["hits"]
+    assert {Path(hit["path"]).parent for hit in hits} == {(directory / "test-videos").resolve()}

@@ -44,6 +44,7 @@ FPS = 8
 SECONDS = 3.0
 MAIN_SIZE = 24
 BRIEF_SIZE = 20
+MAX_TEST_CLIPS = 300  # test queries unique by construction (see _sample_test_scenes)
 BRIEF_SECONDS = 0.5  # a sixth of the clip: 2 of 12 uniformly sampled frames
 
 # A small open_clip architecture for this corpus: 8 px patches, because small brief objects
@@ -206,7 +207,8 @@ def _sample_test_scenes(count: int, rng: random.Random) -> list[tuple[Scene, str
         used_scenes.add(scene.scene_key())
         used_briefs.add(scene.brief_key())
         chosen.append((scene, kind))
-    raise UsageError(f"cannot draw {count} test clips with unique captions; use at most 300")
+    raise UsageError(f"cannot draw {count} test clips with unique captions; use at most "
+                     f"{MAX_TEST_CLIPS}")
 
 
 @dataclass(frozen=True)
