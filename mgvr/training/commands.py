@@ -19,8 +19,8 @@ from mgvr.errors import MgvrError, UsageError
 
 # The demo's recipe: a small CLIP trained from scratch, at the head's learning rate, embeddings
 # included (ablations behind these numbers: docs/ARCHITECTURE.md, Evaluation).
-DEMO_RECIPE = {"train_clips": 400, "test_clips": 100, "epochs": 15, "batch_size": 32,
-               "lr": 5e-4}
+DEMO_RECIPE = {"train_clips": 400, "test_clips": 200, "epochs": 40, "batch_size": 16,
+               "lr": 1e-3}
 
 CacheDir = Annotated[Path | None, typer.Option(
     help="Where decoded frames are cached. Default: the per-user cache directory.",
