@@ -10,7 +10,7 @@ from conftest import run_cli
 
 from mgvr.indexer.decode import ClipSpan, FrameRecipe, decode_clip, probe
 from mgvr.training.datasets import read_msrvtt
-from mgvr.training.synthetic import COLOURS, Scene, generate_corpus
+from mgvr.training.synthetic import COLOURS, SYNTHETIC_ARCHITECTURE, Scene, generate_corpus
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +58,14 @@ def test_test_queries_match_only_their_own_clip(corpus):
 
 
 def test_brief_object_shows_in_two_of_twelve_sampled_frames(corpus):
+    """...at the demo model's input size, as the frame cache and the indexer decode it."""
     scenes = _scenes(corpus)
+    size = SYNTHETIC_ARCHITECTURE["vision_cfg"]["image_size"]
     for video_id in ("video0", "video7"):
         path = str(corpus / "videos" / f"{video_id}.mp4")
         info = probe(path, 30)
-        clip = decode_clip(path, info, ClipSpan(0, 0.0, info.duration_s), 12, FrameRecipe(64), 30)
+        clip = decode_clip(path, info, ClipSpan(0, 0.0, info.duration_s), 12, FrameRecipe(size),
+                           30)
         colour = np.array(COLOURS[scenes[video_id].brief_colour])
         near = (np.abs(clip.frames.astype(int) - colour).sum(-1) < 60).sum(axis=(1, 2))
         # The main object never has the brief object's colour, so only brief frames light up.
