@@ -85,6 +85,10 @@ class IndexConfig:
     head_checkpoint: str | None = None
     head_sha256: str | None = None
     head_source: str | None = None
+    # The rerank mix fitted to this index's model by `mgvr eval --calibrate --write`: keys
+    # coarse, frame_weak, frame_strong, frame_weak_temperature, tib_temperature (any subset;
+    # the rest keep their defaults). None: the defaults (mgvr.retriever.rerank.index_weights).
+    rerank: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

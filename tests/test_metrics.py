@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from mgvr.model.scoring import RerankWeights, coarse_vectors, rerank_score
-from mgvr.training.evaluate import EncodedSplit, evaluate_rankings, time_queries
+from mgvr.training.evaluate import EncodedSplit, evaluate_rankings, format_report, time_queries
 from mgvr.training.metrics import (
+    RECALL_AT,
     coarse_to_fine_ranks,
+    recall_difference,
+    recall_interval,
     summarize,
     target_ranks,
     video_to_text_ranks,
@@ -113,3 +116,64 @@ def test_coarse_to_fine_matches_a_naive_reordering(depth):
         head = sorted(by_coarse[:depth], key=lambda i: -fine[q, i].item())
         order = head + by_coarse[depth:]
         assert got[q] == order.index(targets[q].item()) + 1
+
+
+def _ranks(count: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, 30, (count,), generator=torch.Generator().manual_seed(seed))
+
+
+def test_recall_intervals_contain_the_estimate_and_narrow_with_more_queries():
+    few, many = summarize(_ranks(40)), summarize(_ranks(1000))
+    for summary in (few, many):
+        for k in RECALL_AT:
+            low, high = summary.intervals[f"r{k}"]
+            assert low <= getattr(summary, f"r{k}") <= high and low < high
+    width = {name: s.intervals["r5"][1] - s.intervals["r5"][0]
+             for name, s in (("few", few), ("many", many))}
+    # The width shrinks as 1 / sqrt(queries): 25x the queries, a fifth of the width.
+    assert width["many"] < 0.35 * width["few"]
+
+
+def test_recall_intervals_are_reproducible_and_follow_the_seed():
+    ranks = _ranks(60)
+    assert recall_interval(ranks, 5) == recall_interval(ranks, 5)
+    assert summarize(ranks) == summarize(ranks.clone())
+    assert recall_interval(ranks, 5, seed=1) != recall_interval(ranks, 5, seed=2)
+
+
+def test_an_interval_of_constant_hits_has_no_width():
+    assert recall_interval(torch.ones(20, dtype=torch.int64), 1) == (100.0, 100.0)
+    assert recall_interval(torch.full((20,), 50), 10) == (0.0, 0.0)
+
+
+def test_paired_difference_by_hand_and_against_noise():
+    a = torch.tensor([1, 9, 9, 9, 2, 9, 9, 9, 9, 9])
+    b = torch.tensor([1, 1, 1, 9, 9, 9, 9, 9, 9, 9])  # two queries won, one lost
+    difference = recall_difference(a, b, 1)
+    assert difference.difference == 20.0  # 3/10 - 1/10
+    assert difference.low <= 20.0 <= difference.high
+    same = recall_difference(a, a, 5)
+    assert (same.difference, same.low, same.high) == (0.0, 0.0, 0.0)
+    # A gain on every one of many queries is far outside noise; the paired interval shows it
+    # although the two methods' own intervals would overlap on few queries.
+    worse, better = torch.full((200,), 20), torch.cat([torch.full((20,), 1),
+                                                       torch.full((180,), 20)])
+    assert recall_difference(worse, better, 5).low > 5.0
+    with pytest.raises(ValueError):
+        recall_difference(a, a[:5], 1)
+
+
+def test_the_report_prints_every_recall_with_its_interval():
+    split = _split()
+    results = evaluate_rankings(split, depths=(5,))
+    report = {"queries": 30, "clips": 30, "frames": 6, "model": "m", "checkpoint": None,
+              "pretrained": "p", "timing": [],
+              "methods": {name: result.as_dict() for name, result in results.items()}}
+    text = format_report(report)
+    coarse = results["coarse"].text_to_video
+    low, high = coarse.intervals["r5"]
+    assert f"{coarse.r5:5.1f} [{low:4.1f},{high:5.1f}]" in text
+    brief = results["coarse_to_fine@5"].gain_over_coarse["brief"]["r5"]
+    assert f"{brief.difference:+5.1f} [{brief.low:+5.1f},{brief.high:+5.1f}]" in text
+    # The header, then 3 groups x 3 methods x R@1/5/10, then 2 methods x 3 groups of gains.
+    assert text.count("[") == 1 + 3 * 3 * 3 + 2 * 3 * 3

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from mgvr.indexer.decode import ClipSpan, FrameRecipe, decode_clip, probe
 from mgvr.training.datasets import read_msrvtt
-from mgvr.training.synthetic import COLOURS, Scene, generate_corpus
+from mgvr.training.synthetic import COLOURS, SYNTHETIC_ARCHITECTURE, Scene, generate_corpus
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +58,14 @@ def test_test_queries_match_only_their_own_clip(corpus):
 
 
 def test_brief_object_shows_in_two_of_twelve_sampled_frames(corpus):
+    """...at the demo model's input size, as the frame cache and the indexer decode it."""
     scenes = _scenes(corpus)
+    size = SYNTHETIC_ARCHITECTURE["vision_cfg"]["image_size"]
     for video_id in ("video0", "video7"):
         path = str(corpus / "videos" / f"{video_id}.mp4")
         info = probe(path, 30)
-        clip = decode_clip(path, info, ClipSpan(0, 0.0, info.duration_s), 12, FrameRecipe(64), 30)
+        clip = decode_clip(path, info, ClipSpan(0, 0.0, info.duration_s), 12, FrameRecipe(size),
+                           30)
         colour = np.array(COLOURS[scenes[video_id].brief_colour])
         near = (np.abs(clip.frames.astype(int) - colour).sum(-1) < 60).sum(axis=(1, 2))
         # The main object never has the brief object's colour, so only brief frames light up.
@@ -89,3 +93,29 @@ def test_demo_generates_the_corpus_from_the_command_line(tmp_path):
     too_many = runner.invoke(app, ["demo", str(tmp_path / "demo"), "--test-clips", "301",
                                    "--generate-only"])
     assert too_many.exit_code == 2 and "--test-clips" in too_many.output
+
+
+def test_demo_trains_indexes_and_leaves_a_searchable_index(tmp_path):
+    """The whole demo at its smallest: corpus, one training step, `mgvr index` of the test
+    clips with the trained model, the table from searching that index; then `mgvr search`
+    on the demo's index works as printed."""
+    from typer.testing import CliRunner
+
+    from mgvr.cli import app
+
+    directory = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", str(directory), "--train-clips", "4",
+                                      "--test-clips", "6", "--epochs", "1", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "coarse_to_fine@50" in result.output and "gain over coarse" in result.output
+    index = directory / "index"
+    assert f"mgvr search \"a red circle moves left on a gray background\" --index {index}" \
+        in result.output and f"mgvr serve --index {index}" in result.output
+    config = json.loads((index / "mgvr.json").read_text())
+    assert config["head_source"] == str(directory / "run" / "checkpoint")
+    captions = directory / "test-videos" / "captions.csv"
+    assert len(captions.read_text().splitlines()) == 1 + 6
+    search = run_cli("search", "a red circle moves left", "--index", str(index), "--json")
+    assert search.returncode == 0, search.stderr
+    hits = json.loads(search.stdout)["hits"]
+    assert {Path(hit["path"]).parent for hit in hits} == {(directory / "test-videos").resolve()}

@@ -17,11 +17,20 @@ TIB_TEMPERATURE = 0.1
 
 @dataclass(frozen=True)
 class RerankWeights:
-    """S = coarse * S_c + frame_weak * S_fw + frame_strong * S_fs (reference values)."""
+    """The rerank mix S = coarse * S_c + frame_weak * S_fw + frame_strong * S_fs and the two
+    softmax temperatures inside S_fw and S_fs (the paper's values by default)."""
 
     coarse: float = 0.5
     frame_weak: float = 0.8
     frame_strong: float = 0.2
+    frame_weak_temperature: float = FRAME_WEAK_TEMPERATURE
+    tib_temperature: float = TIB_TEMPERATURE
+
+    def __post_init__(self) -> None:
+        if min(self.coarse, self.frame_weak, self.frame_strong) < 0:
+            raise ValueError(f"rerank weights must not be negative: {self}")
+        if min(self.frame_weak_temperature, self.tib_temperature) <= 0:
+            raise ValueError(f"rerank temperatures must be positive: {self}")
 
 
 def coarse_vectors(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -89,8 +98,9 @@ def rerank_score(text: torch.Tensor, coarse: torch.Tensor, raw_frames: torch.Ten
                  weights: RerankWeights = RerankWeights(), w_g: torch.Tensor | None = None,
                  w_f: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fine score of the second stage: (Q, N) scores and the (Q, N, F) TIB gate."""
-    strong, gate = tib_score(text, raw_frames, head_frames, mask)
+    strong, gate = tib_score(text, raw_frames, head_frames, mask, weights.tib_temperature)
     score = (weights.coarse * coarse_score(text, coarse, w_g)
-             + weights.frame_weak * frame_weak_score(text, raw_frames, mask, w_f)
+             + weights.frame_weak * frame_weak_score(text, raw_frames, mask, w_f,
+                                                     weights.frame_weak_temperature)
              + weights.frame_strong * strong)
     return score, gate

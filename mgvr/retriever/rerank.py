@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from mgvr.config import CONFIG_FILENAME, IndexConfig
+from mgvr.errors import IncompatibleIndexError
 from mgvr.model.head import EercfHead, head_frames
 from mgvr.model.scoring import RerankWeights, rerank_score
 from mgvr.storage.fine import FineBatch
@@ -21,6 +24,19 @@ class FineCandidates:
     frames: torch.Tensor  # (N, F, D)
     mask: torch.Tensor  # (N, F) bool
     frame_times: np.ndarray  # (N, F) float32, NaN where padded
+
+
+def index_weights(config: IndexConfig, root: Path) -> RerankWeights:
+    """The one place that decides an index's rerank mix: the calibrated one in its config,
+    else the paper's."""
+    if config.rerank is None:
+        return RerankWeights()
+    try:
+        return RerankWeights(**config.rerank)
+    except (TypeError, ValueError) as e:
+        raise IncompatibleIndexError(
+            f"{root / CONFIG_FILENAME}: unreadable 'rerank' entry ({e}); run `mgvr eval "
+            "--calibrate --write` again or delete the entry to use the defaults") from e
 
 
 def batch_candidates(batch: FineBatch, device: torch.device) -> FineCandidates:

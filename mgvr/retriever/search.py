@@ -25,10 +25,11 @@ from mgvr.config import IndexConfig
 from mgvr.errors import IndexDamagedError, MgvrError, UsageError
 from mgvr.model.clip import ClipEncoder, load_for_index, pick_device
 from mgvr.model.head import EercfHead, load_head_for_index
+from mgvr.model.scoring import RerankWeights
 from mgvr.retriever.filters import SearchFilter
 from mgvr.retriever.images import ImageSource, image_name, read_image
 from mgvr.retriever.recall import CoarseSearcher, GpuPlacements, LoadedSegment
-from mgvr.retriever.rerank import batch_candidates, score_candidates
+from mgvr.retriever.rerank import batch_candidates, index_weights, score_candidates
 from mgvr.retriever.results import Hit, SearchResult
 from mgvr.storage.catalog import Catalog, ClipRecord
 from mgvr.storage.coarse import load_segment
@@ -73,6 +74,7 @@ class Retriever:
         self.config = IndexConfig.load(self.layout.root)
         self.config.model.check_request(self.layout.root, model, pretrained)
         self._resolved = self.config.resolved(self.layout.root)
+        self.weights = index_weights(self.config, self.layout.root)  # the rerank mix
         self.device = pick_device(device)
         self._local = threading.local()
         self._catalog()  # fails here, not at the first query, if the catalog is damaged
@@ -288,15 +290,17 @@ class Retriever:
                             search_filter.to_json() if search_filter else {})
 
     def search_vector(self, query: torch.Tensor, limit: int, rerank_depth: int, rerank: bool,
-                      timings: dict[str, float],
-                      allowed_ids: np.ndarray | None = None) -> list[Hit]:
+                      timings: dict[str, float], allowed_ids: np.ndarray | None = None,
+                      weights: RerankWeights | None = None) -> list[Hit]:
         """Both stages for an encoded (D,) query; fills `timings` (ms) per stage.
         `allowed_ids` (sorted int64), when given, is the only clips the search may return.
+        `weights` replaces the index's rerank mix (evaluation and calibration try others).
 
         A concurrent `mgvr compact` may delete a part between the catalog lookup and the
         read; the search then starts over on the catalog's new generation."""
         return self._on_current_rows(lambda generation: self._search_vector(
-            generation, query, limit, rerank_depth, rerank, timings, allowed_ids))
+            generation, query, limit, rerank_depth, rerank, timings, allowed_ids,
+            weights or self.weights))
 
     def _on_current_rows(self, read: Callable[[_Generation], T]) -> T:
         """read(generation) on the current generation; if a compaction moved the rows it
@@ -313,7 +317,7 @@ class Retriever:
 
     def _search_vector(self, generation: _Generation, query: torch.Tensor, limit: int,
                        rerank_depth: int, rerank: bool, timings: dict[str, float],
-                       allowed_ids: np.ndarray | None) -> list[Hit]:
+                       allowed_ids: np.ndarray | None, weights: RerankWeights) -> list[Hit]:
         clock = time.perf_counter()
         searcher = generation.searcher
         depth = rerank_depth if rerank else 0
@@ -347,7 +351,7 @@ class Retriever:
         fine_scores, moments, gates = np.empty(0), np.empty(0), np.empty((0, 0))
         if len(fine_ids):
             fine_scores, moments, gates = score_candidates(
-                query, batch_candidates(batch, self.device), head=self.head)
+                query, batch_candidates(batch, self.device), weights, self.head)
         timings["rerank"] = (time.perf_counter() - clock) * 1000
 
         coarse_of = {int(i): float(s) for i, s in zip(clip_ids, coarse_scores, strict=True)}

@@ -28,8 +28,11 @@ from mgvr.model.scoring import RerankWeights, coarse_score, coarse_vectors, rera
 from mgvr.training.datasets import CaptionedVideos
 from mgvr.training.frames import FrameCache, stack_frames
 from mgvr.training.metrics import (
+    RECALL_AT,
     RankSummary,
+    RecallDifference,
     coarse_to_fine_ranks,
+    recall_difference,
     summarize,
     target_ranks,
     video_to_text_ranks,
@@ -108,32 +111,56 @@ class MethodResult:
     text_to_video: RankSummary
     video_to_text: RankSummary | None  # two-stage retrieval is driven by the text: none
     by_kind: dict[str, RankSummary] = field(default_factory=dict)
+    # R@K of this method minus coarse on the same queries, paired bootstrap: group ("all" or
+    # a caption kind) -> "r1" | "r5" | "r10" -> difference. Empty for coarse itself.
+    gain_over_coarse: dict[str, dict[str, RecallDifference]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"text_to_video": self.text_to_video.as_dict(),
                 "video_to_text": self.video_to_text.as_dict() if self.video_to_text else None,
-                "by_kind": {k: v.as_dict() for k, v in self.by_kind.items()}}
+                "by_kind": {k: v.as_dict() for k, v in self.by_kind.items()},
+                "gain_over_coarse": {group: {key: d.as_dict() for key, d in gains.items()}
+                                     for group, gains in self.gain_over_coarse.items()}}
 
 
-def _by_kind(ranks: torch.Tensor, kinds: Sequence[str | None]) -> dict[str, RankSummary]:
+def _kind_rows(kinds: Sequence[str | None]) -> dict[str, torch.Tensor]:
     names = sorted({k for k in kinds if k})
-    return {name: summarize(ranks[torch.tensor([k == name for k in kinds])]) for name in names}
+    return {name: torch.tensor([k == name for k in kinds]) for name in names}
+
+
+def method_results(ranks: dict[str, torch.Tensor], kinds: Sequence[str | None],
+                   video_to_text: dict[str, torch.Tensor] | None = None
+                   ) -> dict[str, MethodResult]:
+    """Summaries of each method's (Q,) text-to-video ranks, overall and per kind, with each
+    method's gain over the "coarse" method (which `ranks` must hold) on the same queries."""
+    rows = _kind_rows(kinds)
+    baseline = ranks["coarse"]
+    results = {}
+    for name, method_ranks in ranks.items():
+        gains = {}
+        if name != "coarse":
+            groups = {"all": torch.ones(len(method_ranks), dtype=torch.bool), **rows}
+            gains = {group: {f"r{k}": recall_difference(baseline[keep], method_ranks[keep], k)
+                             for k in RECALL_AT}
+                     for group, keep in groups.items()}
+        v2t = (video_to_text or {}).get(name)
+        results[name] = MethodResult(
+            summarize(method_ranks), summarize(v2t) if v2t is not None else None,
+            {kind: summarize(method_ranks[keep]) for kind, keep in rows.items()}, gains)
+    return results
 
 
 def evaluate_rankings(split: EncodedSplit, depths: Sequence[int] = DEFAULT_DEPTHS,
                       weights: RerankWeights = RerankWeights()) -> dict[str, MethodResult]:
     coarse, fine = score_matrices(split, weights)
-    results = {}
-    for name, scores in (("coarse", coarse), ("fine", fine)):
-        ranks = target_ranks(scores, split.targets)
-        results[name] = MethodResult(summarize(ranks),
-                                     summarize(video_to_text_ranks(scores, split.targets)),
-                                     _by_kind(ranks, split.kinds))
+    ranks = {"coarse": target_ranks(coarse, split.targets),
+             "fine": target_ranks(fine, split.targets)}
     for depth in depths:
-        ranks = coarse_to_fine_ranks(coarse, fine, split.targets, depth)
-        results[f"coarse_to_fine@{depth}"] = MethodResult(summarize(ranks), None,
-                                                          _by_kind(ranks, split.kinds))
-    return results
+        ranks[f"coarse_to_fine@{depth}"] = coarse_to_fine_ranks(coarse, fine, split.targets,
+                                                                depth)
+    video_to_text = {name: video_to_text_ranks(scores, split.targets)
+                     for name, scores in (("coarse", coarse), ("fine", fine))}
+    return method_results(ranks, split.kinds, video_to_text)
 
 
 def _coarse_index(split: EncodedSplit) -> faiss.Index:
@@ -235,25 +262,53 @@ def run_evaluation(dataset: CaptionedVideos, *, cache_dir: Path, checkpoint: Pat
     return report
 
 
+def _recall_cell(summary: dict[str, Any], key: str) -> str:
+    low, high = summary["intervals"][key]
+    return f"{summary[key]:5.1f} [{low:4.1f},{high:5.1f}]"
+
+
+def _gain_cell(gain: dict[str, float]) -> str:
+    return f"{gain['difference']:+5.1f} [{gain['low']:+5.1f},{gain['high']:+5.1f}]"
+
+
+RECALL_COLUMN = 18
+
+
 def format_report(report: dict[str, Any]) -> str:
-    kinds = sorted({kind for method in report["methods"].values()
-                    for kind in method["by_kind"]})
-    header = (f"{'method':<20} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'MdR':>6} {'MnR':>7}"
-              + "".join(f" {('R@1 ' + kind)[:12]:>12}" for kind in kinds)
-              + f" {'v2t R@1':>8}" + "".join(f" {'ms/q @' + str(t['clips']):>12}"
-                                             for t in report["timing"]))
+    """Tables of R@K with 95 % bootstrap intervals: all queries, then each caption kind, then
+    each method's gain over coarse on the same queries (paired intervals)."""
+    methods = report["methods"]
+    kinds = sorted({kind for method in methods.values() for kind in method["by_kind"]})
+    source = (f"index {report['index']}" if report.get("index")
+              else report["checkpoint"] or report["pretrained"])
     lines = [f"{report['queries']} queries, {report['clips']} clips, {report['frames']} frames "
-             f"per clip; {report['model']} ({report['checkpoint'] or report['pretrained']})",
-             header]
-    for name, method in report["methods"].items():
-        t2v = method["text_to_video"]
-        v2t = method["video_to_text"]
-        row = (f"{name:<20} {t2v['r1']:6.1f} {t2v['r5']:6.1f} {t2v['r10']:6.1f} "
-               f"{t2v['median_rank']:6.1f} {t2v['mean_rank']:7.1f}")
-        row += "".join(f" {method['by_kind'].get(kind, {}).get('r1', float('nan')):12.1f}"
-                       for kind in kinds)
-        row += f" {v2t['r1']:8.1f}" if v2t else f" {'-':>8}"
-        row += "".join(f" {t['ms_per_query'].get(name, float('nan')):12.3f}"
-                       for t in report["timing"])
-        lines.append(row)
+             f"per clip; {report['model']} ({source}); R@K in % [95 % bootstrap interval over "
+             "queries]"]
+    recall_header = "".join(f" {'R@' + str(k):>{RECALL_COLUMN}}" for k in RECALL_AT)
+    for group in ["all", *kinds]:
+        overall = group == "all"
+        first = next(iter(methods.values()))
+        count = (first["text_to_video"] if overall else first["by_kind"][group])["count"]
+        header = f"{group + ' (' + str(count) + ')':<20}{recall_header} {'MdR':>6} {'MnR':>7}"
+        if overall:
+            header += f" {'v2t R@1':>8}" + "".join(f" {'ms/q @' + str(t['clips']):>12}"
+                                                   for t in report["timing"])
+        lines += ["", header]
+        for name, method in methods.items():
+            summary = method["text_to_video"] if overall else method["by_kind"][group]
+            row = f"{name:<20}" + "".join(f" {_recall_cell(summary, f'r{k}'):>{RECALL_COLUMN}}"
+                                          for k in RECALL_AT)
+            row += f" {summary['median_rank']:6.1f} {summary['mean_rank']:7.1f}"
+            if overall:
+                v2t = method["video_to_text"]
+                row += f" {v2t['r1']:8.1f}" if v2t else f" {'-':>8}"
+                row += "".join(f" {t['ms_per_query'].get(name, float('nan')):12.3f}"
+                               for t in report["timing"])
+            lines.append(row)
+    gain_header = "".join(f" {'dR@' + str(k):>{RECALL_COLUMN}}" for k in RECALL_AT)
+    lines += ["", f"{'gain over coarse':<20} {'queries':<8}{gain_header}"]
+    for name, method in methods.items():
+        for group, gains in method["gain_over_coarse"].items():
+            lines.append(f"{name:<20} {group:<8}" + "".join(
+                f" {_gain_cell(gains[f'r{k}']):>{RECALL_COLUMN}}" for k in RECALL_AT))
     return "\n".join(lines)
