@@ -42,6 +42,29 @@ def _isolated_environment(tmp_path_factory):
         yield
 
 
+def save_tiny_checkpoint(directory: Path, tiny_model: dict[str, str], w_g_noise: float,
+                         w_f_noise: float):
+    """A checkpoint in the format `mgvr train` writes, its W_g and W_f moved off identity by
+    seeded noise of these scales (so S_c, S_fw and S_fs rank differently); returns the head."""
+    import json
+
+    import torch
+
+    from mgvr.model.clip import ClipEncoder
+    from mgvr.model.head import EercfHead, head_config_for, init_from_clip, save_checkpoint
+
+    encoder = ClipEncoder.load(tiny_model["model"], tiny_model["pretrained"], "cpu")
+    torch.manual_seed(3)
+    head = EercfHead(head_config_for(encoder.model, 64, frames=12))
+    init_from_clip(head, encoder.model)
+    with torch.no_grad():
+        head.w_g.add_(w_g_noise * torch.randn(64, 64))
+        head.w_f.add_(w_f_noise * torch.randn(12, 12))
+    save_checkpoint(directory, encoder.model, "mgvr-test-tiny",
+                    json.loads(TINY_CONFIG.read_text()), head)
+    return head
+
+
 def ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True, timeout=120)
 

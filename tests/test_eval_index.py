@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_CONFIG, run_cli
+from conftest import run_cli, save_tiny_checkpoint
 
 from mgvr.config import IndexConfig
 from mgvr.errors import IncompatibleIndexError
@@ -30,20 +30,10 @@ def captioned_index(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
     kinds, indexed by the indexer behind `mgvr index` with a tiny checkpoint whose W_g and
     W_f are far from identity (so S_c, S_fw and S_fs rank differently and the mix matters)."""
     from mgvr.indexer import Indexer, IndexOptions
-    from mgvr.model.clip import ClipEncoder
-    from mgvr.model.head import EercfHead, head_config_for, init_from_clip, save_checkpoint
     from mgvr.training.synthetic import generate_corpus
 
     root = tmp_path_factory.mktemp("captioned")
-    encoder = ClipEncoder.load(tiny_model["model"], tiny_model["pretrained"], "cpu")
-    torch.manual_seed(3)
-    head = EercfHead(head_config_for(encoder.model, 64, frames=12))
-    init_from_clip(head, encoder.model)
-    with torch.no_grad():
-        head.w_g.add_(0.5 * torch.randn(64, 64))
-        head.w_f.add_(0.3 * torch.randn(12, 12))
-    save_checkpoint(root / "checkpoint", encoder.model, "mgvr-test-tiny",
-                    json.loads(TINY_CONFIG.read_text()), head)
+    save_tiny_checkpoint(root / "checkpoint", tiny_model, w_g_noise=0.5, w_f_noise=0.3)
     generate_corpus(root / "corpus", train_clips=1, test_clips=20, seed=5)
     data = load_dataset(root / "corpus", "test")
     videos = root / "videos"

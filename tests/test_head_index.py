@@ -6,11 +6,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, run_cli
+from conftest import run_cli, save_tiny_checkpoint
 
 import mgvr
-from mgvr.model.clip import ClipEncoder
-from mgvr.model.head import EercfHead, head_config_for, head_frames, init_from_clip, save_checkpoint
+from mgvr.model.head import head_frames
 from mgvr.model.scoring import rerank_score
 from mgvr.retriever import Retriever
 from mgvr.retriever.rerank import batch_candidates
@@ -19,16 +18,8 @@ from mgvr.retriever.rerank import batch_candidates
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_model):
     """A checkpoint in the format `mgvr train` writes, with non-trivial W_g and W_f."""
-    encoder = ClipEncoder.load(tiny_model["model"], tiny_model["pretrained"], "cpu")
-    torch.manual_seed(3)
-    head = EercfHead(head_config_for(encoder.model, 64, frames=12))
-    init_from_clip(head, encoder.model)
-    with torch.no_grad():
-        head.w_g.add_(0.3 * torch.randn(64, 64))
-        head.w_f.add_(0.2 * torch.randn(12, 12))
     directory = tmp_path_factory.mktemp("run") / "checkpoint"
-    save_checkpoint(directory, encoder.model, "mgvr-test-tiny",
-                    json.loads(TINY_CONFIG.read_text()), head)
+    head = save_tiny_checkpoint(directory, tiny_model, w_g_noise=0.3, w_f_noise=0.2)
     return directory, head.eval()
 
 
