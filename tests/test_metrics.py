@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mgvr.model.scoring import RerankWeights, coarse_vectors, rerank_score
+from mgvr.model.scoring import RerankWeights, coarse_to_fine_order, coarse_vectors, rerank_score
 from mgvr.training.evaluate import EncodedSplit, evaluate_rankings, format_report, time_queries
 from mgvr.training.metrics import (
     RECALL_AT,
@@ -48,6 +48,20 @@ def test_coarse_to_fine_ranks_by_hand():
     assert coarse_to_fine_ranks(coarse, fine, targets, 5).tolist() == [5, 3, 2, 4, 1]
     assert coarse_to_fine_ranks(coarse, fine, targets, 50).tolist() == \
         target_ranks(fine, targets).tolist()
+
+
+def test_coarse_to_fine_order_by_hand():
+    by_coarse = torch.tensor([[7, 3, 9, 1, 4]])
+    # The first three re-scored: 9 (0.8) first, then 7 and 3 tie and keep their coarse order.
+    assert coarse_to_fine_order(by_coarse, torch.tensor([[0.5, 0.5, 0.8]])).tolist() == \
+        [[9, 7, 3, 1, 4]]
+    assert coarse_to_fine_order(by_coarse, torch.empty(1, 0)).tolist() == by_coarse.tolist()
+
+
+def test_coarse_to_fine_ranks_are_pessimistic_on_coarse_ties():
+    # A model that scores every clip alike must not look good: the true clip ranks last.
+    flat = torch.zeros(4, 4)
+    assert coarse_to_fine_ranks(flat, flat, torch.arange(4), 2).tolist() == [4, 4, 4, 4]
 
 
 def test_video_to_text_ranks_by_hand():

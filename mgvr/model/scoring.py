@@ -104,3 +104,15 @@ def rerank_score(text: torch.Tensor, coarse: torch.Tensor, raw_frames: torch.Ten
                                                      weights.frame_weak_temperature)
              + weights.frame_strong * strong)
     return score, gate
+
+
+def coarse_to_fine_order(by_coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+    """The two-stage ranking, the one rule that search and evaluation both run.
+
+    (Q, K) item ids in coarse order (best first) and (Q, R) fine scores of the first R of them,
+    R <= K -> (Q, K) ids in final order: those R by fine score (ties keep their coarse order),
+    then the other K - R in coarse order. R = 0 is coarse retrieval alone."""
+    depth = fine.shape[1]
+    reranked = by_coarse[:, :depth].gather(
+        1, fine.argsort(dim=1, descending=True, stable=True))
+    return torch.cat([reranked, by_coarse[:, depth:]], dim=1)

@@ -25,7 +25,7 @@ from mgvr.config import IndexConfig
 from mgvr.errors import IndexDamagedError, MgvrError, UsageError
 from mgvr.model.clip import ClipEncoder, load_for_index, pick_device
 from mgvr.model.head import EercfHead, load_head_for_index
-from mgvr.model.scoring import RerankWeights
+from mgvr.model.scoring import RerankWeights, coarse_to_fine_order
 from mgvr.retriever.filters import SearchFilter
 from mgvr.retriever.images import ImageSource, image_name, read_image
 from mgvr.retriever.recall import CoarseSearcher, GpuPlacements, LoadedSegment
@@ -334,11 +334,11 @@ class Retriever:
             return []
 
         clock = time.perf_counter()
-        # Reranked candidates first by fine score; the rest keep their coarse order below them.
+        records = self._clip_records(generation, [int(i) for i in clip_ids])
+        present = np.array([int(i) in records for i in clip_ids], dtype=bool)
+        coarse_scores, clip_ids = coarse_scores[present], clip_ids[present]  # coarse order
+        # Without rerank the first hits are still scored, for their best moment and gate.
         fine_ids = clip_ids[:depth] if rerank else clip_ids[:limit]
-        shown = [int(i) for i in (clip_ids[:max(depth, limit)] if rerank else clip_ids[:limit])]
-        records = self._clip_records(generation, shown)
-        fine_ids = np.array([i for i in fine_ids if int(i) in records], np.int64)
         batch = self.fine.read_batch([(records[int(i)].part, records[int(i)].row)
                                       for i in fine_ids])
         if not np.array_equal(batch.clip_ids, fine_ids):
@@ -354,23 +354,21 @@ class Retriever:
                 query, batch_candidates(batch, self.device), weights, self.head)
         timings["rerank"] = (time.perf_counter() - clock) * 1000
 
+        ranking_scores = fine_scores if rerank else np.empty(0)
+        order = coarse_to_fine_order(torch.from_numpy(clip_ids)[None],
+                                     torch.from_numpy(ranking_scores)[None])[0].tolist()
         coarse_of = {int(i): float(s) for i, s in zip(clip_ids, coarse_scores, strict=True)}
+        score_of = coarse_of | {int(i): float(s) for i, s in zip(fine_ids[:len(ranking_scores)],
+                                                                 ranking_scores, strict=True)}
         moment_of = {int(i): float(m) for i, m in zip(fine_ids, moments, strict=True)}
         frames_of = {int(i): _frame_strip(batch.frame_times[n], gates[n], batch.n_frames[n])
                      for n, i in enumerate(fine_ids)}
-        if rerank:
-            order = [int(fine_ids[i]) for i in np.argsort(-fine_scores, kind="stable")]
-            score_of = {int(i): float(s) for i, s in zip(fine_ids, fine_scores, strict=True)}
-            order += [i for i in shown if i in records and i not in score_of]
-        else:
-            order = [i for i in shown if i in records]
-            score_of = coarse_of
         hits = []
         for rank, clip_id in enumerate(order[:limit], start=1):
             record = records[clip_id]
             best_frame, frame_times, frame_weights = frames_of.get(
                 clip_id, (record.n_frames // 2, (), ()))
-            hits.append(Hit(rank, score_of.get(clip_id, coarse_of[clip_id]), record.video_path,
+            hits.append(Hit(rank, score_of[clip_id], record.video_path,
                             record.start_s, record.end_s,
                             moment_of.get(clip_id, (record.start_s + record.end_s) / 2),
                             clip_id, coarse_of[clip_id], clip_id in moment_of and rerank,

@@ -24,7 +24,13 @@ import torch
 from mgvr.indexer.decode import FrameRecipe
 from mgvr.model.clip import ClipEncoder
 from mgvr.model.head import EercfHead, head_frames, load_checkpoint, read_checkpoint_config
-from mgvr.model.scoring import RerankWeights, coarse_score, coarse_vectors, rerank_score
+from mgvr.model.scoring import (
+    RerankWeights,
+    coarse_score,
+    coarse_to_fine_order,
+    coarse_vectors,
+    rerank_score,
+)
 from mgvr.training.datasets import CaptionedVideos
 from mgvr.training.frames import FrameCache, stack_frames
 from mgvr.training.metrics import (
@@ -203,7 +209,7 @@ def time_queries(split: EncodedSplit, depths: Sequence[int] = DEFAULT_DEPTHS,
             scores, _ = rerank_score(text, split.coarse[rows], split.frames[rows],
                                      split.head_frames[rows], split.mask[rows], weights,
                                      split.w_g, split.w_f)
-            return rows[scores[0].argsort(descending=True)]
+            return coarse_to_fine_order(rows[None], scores)
         return run
 
     with torch.inference_mode():

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from mgvr.model.scoring import coarse_to_fine_order
+
 RECALL_AT = (1, 5, 10)
 BOOTSTRAP_RESAMPLES = 1000
 CONFIDENCE = 0.95
@@ -30,18 +32,17 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def coarse_to_fine_ranks(coarse: torch.Tensor, fine: torch.Tensor, targets: torch.Tensor,
                          depth: int) -> torch.Tensor:
-    """Ranks after two-stage retrieval, as the retriever orders hits: the `depth` items with the
-    best coarse score, ordered by fine score, then all others in coarse order.
-    (Q, N) coarse, (Q, N) fine, (Q,) -> (Q,) int64."""
+    """Ranks after two-stage retrieval, ordered by the retriever's own rule
+    (scoring.coarse_to_fine_order) over the coarse order of every item. Coarse ties rank the
+    true item last (pessimistic, as target_ranks); fine ties keep the coarse order, as in
+    search.  (Q, N) coarse, (Q, N) fine, (Q,) -> (Q,) int64."""
     depth = min(depth, coarse.shape[1])
-    candidates = torch.zeros_like(coarse, dtype=torch.bool)
-    candidates.scatter_(1, coarse.topk(depth, dim=1).indices, True)
-    in_candidates = candidates.gather(1, targets.view(-1, 1)).squeeze(1)
-    true_fine = fine.gather(1, targets.view(-1, 1))
-    true_coarse = coarse.gather(1, targets.view(-1, 1))
-    fine_rank = ((fine >= true_fine) & candidates).sum(dim=1)
-    coarse_rank = depth + ((coarse >= true_coarse) & ~candidates).sum(dim=1)
-    return torch.where(in_candidates, fine_rank, coarse_rank)
+    is_target = torch.zeros_like(coarse, dtype=torch.bool).scatter_(1, targets.view(-1, 1), True)
+    target_last = is_target.to(torch.uint8).argsort(dim=1, stable=True)
+    by_coarse = target_last.gather(1, coarse.gather(1, target_last).argsort(
+        dim=1, descending=True, stable=True))
+    order = coarse_to_fine_order(by_coarse, fine.gather(1, by_coarse[:, :depth]))
+    return (order == targets.view(-1, 1)).to(torch.uint8).argmax(dim=1) + 1
 
 
 def video_to_text_ranks(scores: torch.Tensor, targets: torch.Tensor,
