@@ -17,6 +17,7 @@ from mgvr.storage.coarse import (
     nlist_for,
     recall_at_k,
     segment_items,
+    segment_pieces,
     write_segment,
 )
 
@@ -79,6 +80,30 @@ def test_ivf_segment_reaches_its_recall_target_after_a_reload(tmp_path, small_th
     order = np.argsort(stored_ids)
     assert np.array_equal(stored_ids[order], ids)
     assert np.abs(stored[order] - vectors).max() < max(tolerance, 1e-6)
+
+
+@pytest.mark.parametrize("count", [3000, 6000, 9000])  # flat, ivf-flat, ivf-sq8
+def test_segment_pieces_read_from_the_file_equal_the_loaded_segment(tmp_path, small_thresholds,
+                                                                   count):
+    """verify walks a segment piece by piece with its IVF lists left in the file (pread); the
+    walk gives exactly the ids and vectors of the segment as search loads it."""
+    _, ids, vectors = _clips(count)
+    index, _ = build_segment(ids, vectors)
+    path = tmp_path / "seg-000001.faiss"
+    write_segment(index, path)
+    expected_ids, expected = segment_items(load_segment(path, DIM, sha256_file(path)))
+    for lists_on_disk in (False, True):
+        pieces = list(segment_pieces(load_segment(path, DIM, None, lists_on_disk), path,
+                                     rows=1000))
+        assert len(pieces) > 1 and max(len(i) for i, _ in pieces) <= max(1000, count // 16)
+        assert np.array_equal(np.concatenate([i for i, _ in pieces]), expected_ids)
+        assert np.array_equal(np.concatenate([v for _, v in pieces]), expected)
+    if count > 3000:  # FAISS refuses a file cut short at load; cut after, at the walk
+        loaded = load_segment(path, DIM, None, lists_on_disk=True)
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size - 4096)
+        with pytest.raises(IndexDamagedError, match="ends inside an inverted list"):
+            list(segment_pieces(loaded, path))
 
 
 def test_tombstones_and_segments_merge_into_the_exact_live_top_k(tmp_path, small_thresholds):

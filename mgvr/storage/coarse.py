@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ HNSW_NEIGHBOURS = 32
 TRAINING_POINTS_PER_LIST = 40  # faiss warns below 39
 MIN_TRAINING_POINTS = 65_536
 ADD_CHUNK = 65_536  # vectors added to an IVF at a time (bounds the temporary memory)
+PIECE_ROWS = 8192  # vectors of a flat segment per piece of segment_pieces
 CALIBRATION_QUERIES = 256
 CALIBRATION_K = 50  # the default rerank depth: what recall is about
 CALIBRATION_RECALL = 0.98
@@ -157,9 +159,12 @@ def write_segment(index: faiss.Index, path: Path) -> None:
     tmp.replace(path)
 
 
-def load_segment(path: Path, dim: int, sha256: str | None) -> faiss.Index:
+def load_segment(path: Path, dim: int, sha256: str | None,
+                 lists_on_disk: bool = False) -> faiss.Index:
     """A segment file, checked against its recorded sha256 (None: unchecked, for verify's own
-    diagnosis) before FAISS reads it."""
+    diagnosis) before FAISS reads it. With `lists_on_disk`, an IVF segment's inverted lists
+    stay in the file (FAISS maps it and reads nothing of them), for `segment_pieces` to read
+    one list at a time: a walk over every vector then never holds the segment whole."""
     if sha256 is not None:
         try:
             actual = sha256_file(path)
@@ -169,7 +174,7 @@ def load_segment(path: Path, dim: int, sha256: str | None) -> faiss.Index:
             raise IndexDamagedError(f"{path}: fails its checksum (damaged on disk); run "
                                     "`mgvr verify --repair`")
     try:
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if lists_on_disk else 0)
     except RuntimeError as e:
         raise IndexDamagedError(f"{path}: unreadable FAISS file ({str(e).splitlines()[0]}); "
                                 "run `mgvr verify --repair`") from e
@@ -193,6 +198,46 @@ def segment_items(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ids), np.concatenate(vectors)
 
 
+def segment_pieces(index: faiss.Index, path: Path, rows: int = PIECE_ROWS
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(n,) int64 ids and (n, D) float32 vectors of a segment a piece at a time: a flat one
+    `rows` at a time, an IVF one list by list. Lists that `load_segment(lists_on_disk=True)`
+    left in the file are read from `path` with pread, so neither they nor mapped pages of them
+    stay resident."""
+    if isinstance(index, faiss.IndexIDMap2):
+        ids = faiss.rev_swig_ptr(index.id_map.data(), index.ntotal)
+        for start in range(0, index.ntotal, rows):
+            count = min(rows, index.ntotal - start)
+            yield (ids[start:start + count].astype(np.int64),
+                   index.index.reconstruct_n(start, count))
+        return
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    on_disk = faiss.downcast_InvertedLists(ivf.invlists)
+    if not isinstance(on_disk, faiss.OnDiskInvertedLists):
+        for list_no in range(ivf.nlist):
+            yield inverted_list(ivf, list_no)
+        return
+    code_size = on_disk.code_size
+    with open(path, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        for list_no in range(ivf.nlist):
+            entry = on_disk.lists.at(list_no)
+            if entry.size == 0:
+                continue
+            codes = _pread(f.fileno(), np.empty(entry.size * code_size, np.uint8),
+                           entry.offset, path)
+            list_ids = _pread(f.fileno(), np.empty(entry.size, np.int64),
+                              entry.offset + entry.capacity * code_size, path)
+            yield list_ids, _decode_list(ivf, codes, entry.size)
+
+
+def _pread(fd: int, out: np.ndarray, offset: int, path: Path) -> np.ndarray:
+    if out.nbytes and os.preadv(fd, [out.view(np.uint8)], offset) != out.nbytes:
+        raise IndexDamagedError(f"{path}: ends inside an inverted list; run "
+                                "`mgvr verify --repair`")
+    return out
+
+
 def inverted_list_ids(index: faiss.Index, list_no: int) -> np.ndarray:
     """The (n,) int64 ids of one inverted list of an IVF segment, without its codes."""
     invlists = faiss.extract_index_ivf(index).invlists
@@ -211,6 +256,11 @@ def inverted_list(ivf: faiss.IndexIVF, list_no: int) -> tuple[np.ndarray, np.nda
         return np.empty(0, np.int64), np.empty((0, ivf.d), np.float32)
     list_ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size).astype(np.int64)
     codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * invlists.code_size).copy()
+    return list_ids, _decode_list(ivf, codes, size)
+
+
+def _decode_list(ivf: faiss.IndexIVF, codes: np.ndarray, size: int) -> np.ndarray:
+    """(size, D) float32 vectors of one list's (size * code_size,) uint8 codes."""
     if isinstance(ivf, faiss.IndexIVFScalarQuantizer):  # coded directly, not as residuals
-        return list_ids, ivf.sq.decode(codes.reshape(size, -1))
-    return list_ids, codes.view(np.float32).reshape(size, ivf.d)
+        return ivf.sq.decode(codes.reshape(size, -1))
+    return codes.view(np.float32).reshape(size, ivf.d)

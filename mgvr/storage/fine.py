@@ -372,7 +372,7 @@ def write_sidecar(part_path: Path, dim: int, frames_per_clip: int = 0) -> Path:
 
 
 @functools.cache
-def _open_files_budget() -> int:
+def open_files_budget() -> int:
     """How many sidecars may stay mapped (each mapping holds a file descriptor).
 
     Raises the soft RLIMIT_NOFILE to the hard limit once: a large index has thousands of parts.
@@ -388,29 +388,30 @@ def _open_files_budget() -> int:
     return max(64, min(16384, soft // 2))
 
 
+def _read_sidecar_header(f) -> tuple[int, int, np.dtype]:
+    """(offset of the first record, records, record dtype) of an open sidecar file, checked
+    to fit in the file and to carry per-row checksums."""
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(f)
+    offset = f.tell()
+    size = os.fstat(f.fileno()).st_size
+    if len(shape) != 1 or size < offset + shape[0] * dtype.itemsize:
+        raise ValueError(f"{shape} records of {dtype.itemsize} bytes do not fit in {size} bytes")
+    if "crc32" not in (dtype.names or ()):
+        raise ValueError("no per-row checksums (written by an older mgvr)")
+    return offset, shape[0], dtype
+
+
 class MappedSidecar:
     """A sidecar's records as a read-only array over one mmap of the file."""
 
     def __init__(self, path: Path) -> None:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(f)
-            self.offset = f.tell()
-            size = os.fstat(f.fileno()).st_size
-            if len(shape) != 1 or size < self.offset + shape[0] * dtype.itemsize:
-                raise ValueError(f"{shape} records of {dtype.itemsize} bytes do not fit in "
-                                 f"{size} bytes")
-            if "crc32" not in (dtype.names or ()):
-                raise ValueError("no per-row checksums (written by an older mgvr)")
+            self.offset, rows, dtype = _read_sidecar_header(f)
             self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.records = np.frombuffer(self.map, dtype, count=shape[0], offset=self.offset)
-
-    def release_pages(self) -> None:
-        """Drop this mapping's pages from the process's resident set (not from the page cache:
-        the next read of them is a minor fault)."""
-        self.map.madvise(mmap.MADV_DONTNEED)
+        self.records = np.frombuffer(self.map, dtype, count=rows, offset=self.offset)
 
     def prefetch(self, rows: np.ndarray) -> None:
         """Ask the kernel to start reading these rows now: the reads of all candidates then
@@ -421,6 +422,41 @@ class MappedSidecar:
             start = self.offset + row * itemsize
             aligned = start - start % mmap.PAGESIZE
             self.map.madvise(mmap.MADV_WILLNEED, aligned, start - aligned + itemsize)
+
+
+class SidecarFile:
+    """One field of chosen rows of a sidecar, read with pread: for walks over many rows of many
+    parts, which a mapping would leave resident (each page fault maps its neighbours too), and
+    whose random reads want no readahead. Use as a context manager, or close()."""
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as f:
+            self.offset, self.rows, self.dtype = _read_sidecar_header(f)
+        self.fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
+        self.path = path
+
+    def __enter__(self) -> SidecarFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def read_field(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """(N, *shape) values of field `name` of these rows."""
+        field_dtype, field_offset = self.dtype.fields[name][:2]
+        out = np.empty(len(rows), field_dtype)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.rows):
+            raise ValueError(f"{self.path}: has {self.rows} rows, row {rows.max()} asked")
+        start = self.offset + field_offset
+        for i, row in enumerate(rows.tolist()):
+            target = out[i:i + 1].view(np.uint8)
+            if os.preadv(self.fd, [target], start + row * self.dtype.itemsize) != target.size:
+                raise ValueError(f"{self.path}: ends inside row {row}")
+        return out
 
 
 class FineReader:
@@ -436,7 +472,7 @@ class FineReader:
         # part -> (its mapped sidecar or None for none, the sidecar's sha256 when mapped)
         self._mapped: OrderedDict[str, tuple[MappedSidecar | None, str | None]] = OrderedDict()
         self._expected: dict[str, str] = {}
-        self._max_mapped = _open_files_budget()
+        self._max_mapped = open_files_budget()
 
     def keep_only(self, sidecars: dict[str, str]) -> None:
         """A new generation: part -> sidecar sha256 of the parts it names. Mappings of other

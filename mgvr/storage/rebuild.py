@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import time
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from mgvr.config import IndexConfig
@@ -60,25 +62,50 @@ def rebuild_config(layout: IndexLayout) -> None:
 
 
 class _Rows:
-    """Every row of the usable parts, as columns (a few dozen bytes a clip)."""
+    """Every row of the usable parts as arrays (20 bytes a row) and, per file, the newest part
+    naming it: what decides which rows are live, with no object per clip."""
 
     def __init__(self) -> None:
-        self.clip_id: list[int] = []
-        self.part: list[str] = []
-        self.row: list[int] = []
-        self.n_frames: list[int] = []
-        self.values: dict[str, list] = {c: [] for c in CLIP_COLUMNS[2:]}
+        self.parts: list[str] = []  # usable parts, in order
         self.part_rows: dict[str, int] = {}
+        self._clip_id, self._part, self._row, self._video = (array("q"), array("i"),
+                                                             array("i"), array("i"))
+        self._videos: dict[bytes, int] = {}  # video path -> its number (one entry a file)
+        self._newest = array("i")  # per video number: the newest part naming it
 
     def add_part(self, name: str, table) -> None:
-        frames = pc.list_value_length(table.column("frame_times")).to_numpy()
-        self.clip_id += table.column("clip_id").to_pylist()
-        self.part += [name] * table.num_rows
-        self.row += list(range(table.num_rows))
-        self.n_frames += frames.tolist()
-        for column, values in self.values.items():
-            values += table.column(column).to_pylist()
+        part = len(self.parts)
+        self.parts.append(name)
         self.part_rows[name] = table.num_rows
+        self._clip_id.frombytes(table.column("clip_id").to_numpy().astype(np.int64).tobytes())
+        self._part.frombytes(np.full(table.num_rows, part, np.int32).tobytes())
+        self._row.frombytes(np.arange(table.num_rows, dtype=np.int32).tobytes())
+        for key in table.column("video_path").to_pylist():
+            video = self._videos.setdefault(key, len(self._videos))
+            if video == len(self._newest):
+                self._newest.append(part)
+            self._newest[video] = part  # parts come in order: the last is the newest
+            self._video.append(video)
+
+    def live(self) -> _LiveRows:
+        """The rows of the newest part naming each video, by clip id."""
+        clip_id = np.frombuffer(self._clip_id, np.int64)
+        part = np.frombuffer(self._part, np.int32)
+        is_live = part == np.frombuffer(self._newest, np.int32)[np.frombuffer(self._video,
+                                                                             np.int32)]
+        live = np.flatnonzero(is_live)
+        live = live[np.argsort(clip_id[live], kind="stable")]
+        return _LiveRows(clip_id[live], part[live], np.frombuffer(self._row, np.int32)[live],
+                         is_live, int(clip_id.max(initial=0)))
+
+
+@dataclass
+class _LiveRows:
+    clip_id: np.ndarray  # (L,) int64, ascending
+    part: np.ndarray  # (L,) int32: index into _Rows.parts
+    row: np.ndarray  # (L,) int32
+    is_live: np.ndarray  # (R,) bool over all rows, part after part
+    max_clip_id: int
 
 
 def rebuild_catalog(layout: IndexLayout) -> RebuildReport:
@@ -121,67 +148,77 @@ def _read_parts(layout: IndexLayout, config: IndexConfig, report: RebuildReport)
             report.skipped.append(f"fine/{path.name}: unreadable ({str(e).splitlines()[0]})")
             continue
         rows.add_part(path.name, table)
-    report.parts = len(rows.part_rows)
+    report.parts = len(rows.parts)
     return rows
-
-
-def _live_rows(rows: _Rows) -> list[int]:
-    """Positions of the rows of the newest part naming each video, by clip id."""
-    newest: dict[bytes, str] = {}
-    for key, part in zip(rows.values["video_path"], rows.part, strict=True):
-        newest[key] = max(newest.get(key, part), part)
-    live = [i for i, key in enumerate(rows.values["video_path"]) if rows.part[i] == newest[key]]
-    return sorted(live, key=lambda i: rows.clip_id[i])
 
 
 def _commit(layout: IndexLayout, catalog: Catalog, config: IndexConfig, rows: _Rows,
             report: RebuildReport) -> None:
-    live = _live_rows(rows)
-    ids = np.array([rows.clip_id[i] for i in live], np.int64)
+    """Segments over the live clips' coarse vectors (a chunk at a time), then the catalog, one
+    part at a time: its live rows read again and inserted file by file."""
+    live = rows.live()
 
     def vectors(positions: slice) -> np.ndarray:
-        chosen = live[positions]
-        out = np.empty((len(chosen), config.model.embed_dim), np.float32)
-        by_part: dict[str, list[int]] = {}
-        for at, i in enumerate(chosen):
-            by_part.setdefault(rows.part[i], []).append(at)
-        for part, places in by_part.items():
-            out[places] = read_part_coarse(layout.fine_part(part),
-                                           np.array([rows.row[chosen[a]] for a in places]))
+        out = np.empty((len(live.clip_id[positions]), config.model.embed_dim), np.float32)
+        parts, places = live.part[positions], np.arange(len(out))
+        for part in np.unique(parts):
+            mine = places[parts == part]
+            out[mine] = read_part_coarse(layout.fine_part(rows.parts[part]),
+                                         live.row[positions][mine])
         return out
 
     now = time.time()
     with Commit(layout, catalog) as commit:
         for name, count in rows.part_rows.items():
             commit.adopt_part(name, count)
-        segment_of = {}
-        for chunk_ids, name in commit.add_flat_segments(ids, vectors):
-            segment_of.update((int(i), name) for i in chunk_ids)
-        by_video: dict[bytes, list[int]] = {}
-        for i in live:
-            by_video.setdefault(rows.values["video_path"][i], []).append(i)
-        updates, gone = [], []
-        for key, members in by_video.items():
-            first = {c: values[members[0]] for c, values in rows.values.items()}
-            path = path_of(key)
-            updates.append(VideoUpdate(
-                path, first["video_size"], first["video_mtime_ns"], "indexed",
-                tuple(NewClip(rows.clip_id[i], rows.values["clip_index"][i],
-                              rows.values["start_s"][i], rows.values["end_s"][i],
-                              rows.n_frames[i], rows.part[i], rows.row[i],
-                              segment_of[rows.clip_id[i]]) for i in members),
-                content_key=first["content_key"], duration_s=first["duration_s"],
-                width=first["width"], height=first["height"]))
-            if not os.path.lexists(path):
-                gone.append(path)
-        next_clip_id = max(rows.clip_id, default=0) + 1
+        made = commit.add_flat_segments(live.clip_id, vectors)
+        first_ids = np.array([ids[0] for ids, _ in made], np.int64)
+        names = [name for _, name in made]
 
         def insert(cat: Catalog) -> None:
-            for update in updates:
-                cat.apply(update)
-            cat.mark_missing(gone, now)
-            cat.set_next_clip_id(next_clip_id)
+            start = 0
+            for name in rows.parts:
+                count = rows.part_rows[name]
+                is_live = live.is_live[start:start + count]
+                start += count
+                if not is_live.any():
+                    continue
+                table = read_part_columns(layout.fine_part(name), CLIP_COLUMNS)
+                table = table.filter(pa.array(is_live))
+                segments = np.searchsorted(first_ids, table.column("clip_id").to_numpy(),
+                                           side="right") - 1
+                gone = _insert_files(cat, name, table, np.flatnonzero(is_live),
+                                     [names[s] for s in segments.tolist()], report)
+                cat.mark_missing(gone, now)
+                report.missing += len(gone)
+            cat.set_next_clip_id(live.max_clip_id + 1)
 
         commit.change(insert)
         commit.apply()
-    report.videos, report.clips, report.missing = len(updates), len(live), len(gone)
+    report.clips = len(live.clip_id)
+
+
+def _insert_files(cat: Catalog, part: str, table, part_rows: np.ndarray, segments: list[str],
+                  report: RebuildReport) -> list[str]:
+    """The files of a part's live rows (`part_rows`: their rows in the part) with their clips;
+    returns the paths that are gone now."""
+    values = {c: table.column(c).to_pylist() for c in CLIP_COLUMNS if c != "frame_times"}
+    frames = pc.list_value_length(table.column("frame_times")).to_numpy().tolist()
+    by_video: dict[bytes, list[int]] = {}
+    for i, key in enumerate(values["video_path"]):
+        by_video.setdefault(key, []).append(i)
+    gone = []
+    for key, members in by_video.items():
+        first = members[0]
+        path = path_of(key)
+        cat.apply(VideoUpdate(
+            path, values["video_size"][first], values["video_mtime_ns"][first], "indexed",
+            tuple(NewClip(values["clip_id"][m], values["clip_index"][m], values["start_s"][m],
+                          values["end_s"][m], frames[m], part, int(part_rows[m]), segments[m])
+                  for m in members),
+            content_key=values["content_key"][first], duration_s=values["duration_s"][first],
+            width=values["width"][first], height=values["height"][first]))
+        report.videos += 1
+        if not os.path.lexists(path):
+            gone.append(path)
+    return gone

@@ -19,6 +19,7 @@ listed for re-indexing. Each repair step is a commit.
 from __future__ import annotations
 
 from array import array
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,10 +29,11 @@ from mgvr.config import IndexConfig
 from mgvr.errors import MgvrError
 from mgvr.hashing import sha256_file
 from mgvr.storage.catalog import Catalog, ClipLocation, SegmentRecord
-from mgvr.storage.coarse import inverted_list, load_segment, segment_items
+from mgvr.storage.coarse import load_segment, segment_pieces
 from mgvr.storage.commit import Commit
 from mgvr.storage.fine import (
-    MappedSidecar,
+    SidecarFile,
+    open_files_budget,
     read_part_coarse,
     read_part_columns,
     read_part_metadata,
@@ -45,9 +47,6 @@ from mgvr.storage.orphans import remove_orphans, unregistered_files
 # of the fine copy (encode then decode with the segment's quantizer, exact): a bound on the
 # raw difference or the cosine would flag the rare value clipped by the quantizer's ranges.
 EXACT_TOLERANCE = 1e-4
-# Sidecar pages a segment check may keep mapped before it lets them go (they stay in the page
-# cache; only this process's resident set shrinks).
-MAPPED_VECTORS_BUDGET = 8192
 
 
 @dataclass
@@ -76,7 +75,8 @@ class _Findings:
 
 
 class _Locations:
-    """Live clips as sorted arrays (16 bytes a clip), to find a clip's part and row."""
+    """Live clips as sorted arrays (about 30 bytes a clip), to find a clip's part, row and
+    segment; and the sidecars their coarse vectors are read from (open files, LRU)."""
 
     def __init__(self, catalog: Catalog) -> None:
         ids, parts, rows, segments = array("q"), array("i"), array("q"), array("i")
@@ -93,16 +93,21 @@ class _Locations:
         self.row = np.frombuffer(rows, np.int64)
         # One shared str object per segment name: 8 bytes a clip.
         self.segment = np.array(list(segment_index), object)[np.frombuffer(segments, np.int32)]
-        self.sidecars: dict[str, MappedSidecar] = {}
-        self.mapped_reads = 0  # vectors read through `sidecars` since their pages were let go
+        self._sidecars: OrderedDict[str, SidecarFile] = OrderedDict()
+        self._max_open = open_files_budget()
 
-    def release_pages(self) -> None:
-        """Let the sidecars' pages go from the resident set once a budget of reads is spent,
-        so that walking a big segment list by list (clips of every part) stays bounded."""
-        if self.mapped_reads >= MAPPED_VECTORS_BUDGET:
-            for sidecar in self.sidecars.values():
-                sidecar.release_pages()
-            self.mapped_reads = 0
+    def sidecar(self, layout: IndexLayout, part: str) -> SidecarFile:
+        if part in self._sidecars:
+            self._sidecars.move_to_end(part)
+        else:
+            self._sidecars[part] = SidecarFile(sidecar_path(layout.fine_part(part)))
+            if len(self._sidecars) > self._max_open:
+                self._sidecars.popitem(last=False)[1].close()
+        return self._sidecars[part]
+
+    def close_sidecars(self) -> None:
+        while self._sidecars:
+            self._sidecars.popitem()[1].close()
 
     def find(self, clip_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions, is_live) of `clip_ids`: where each would sit, and whether it is live."""
@@ -120,13 +125,16 @@ def verify(layout: IndexLayout, catalog: Catalog, repair: bool = False) -> Verif
     found = _Findings()
     _check_files(layout, catalog, report, found)
     live = _Locations(catalog)
-    _check_parts(layout, catalog, config, live, report, found)
-    _check_segments(layout, catalog, config, live, report, found)
-    orphans, foreign = unregistered_files(layout, catalog)
-    report.orphans = [layout.relative(p) for p in orphans]
-    report.foreign = [layout.relative(p) for p in foreign]
-    if repair:
-        _repair(layout, catalog, config, live, report, found)
+    try:
+        _check_parts(layout, catalog, config, live, report, found)
+        _check_segments(layout, catalog, config, live, report, found)
+        orphans, foreign = unregistered_files(layout, catalog)
+        report.orphans = [layout.relative(p) for p in orphans]
+        report.foreign = [layout.relative(p) for p in foreign]
+        if repair:
+            _repair(layout, catalog, config, live, report, found)
+    finally:
+        live.close_sidecars()
     return report
 
 
@@ -192,12 +200,13 @@ def _check_parts(layout, catalog, config, live, report, found) -> None:
             found.bad_sidecars.add(part)
             continue
         try:
-            records = MappedSidecar(sidecar).records
+            with SidecarFile(sidecar) as records:
+                rows, dtype = records.rows, records.dtype
         except (OSError, ValueError) as e:
             report.problems.append(f"{layout.relative(sidecar)}: unreadable ({e})")
             found.bad_sidecars.add(part)
             continue
-        if len(records) != expected_rows or records.dtype["features"].shape[1:] != (dim,):
+        if rows != expected_rows or dtype["features"].shape[1:] != (dim,):
             report.problems.append(f"{layout.relative(sidecar)}: does not match its part")
             found.bad_sidecars.add(part)
 
@@ -223,24 +232,8 @@ def _fine_coarse(layout, live: _Locations, positions: np.ndarray, dim: int,
         if part in bad_sidecars:
             out[mine] = read_part_coarse(layout.fine_part(part), rows)
         else:
-            if part not in live.sidecars:
-                live.sidecars[part] = MappedSidecar(sidecar_path(layout.fine_part(part)))
-            out[mine] = live.sidecars[part].records["coarse"][rows]
-            live.mapped_reads += len(rows)
-    live.release_pages()
+            out[mine] = live.sidecar(layout, part).read_field("coarse", rows)
     return out
-
-
-def _segment_chunks(index):
-    """(ids, vectors) of a segment a piece at a time: all of a flat one, list by list of IVF."""
-    import faiss
-
-    if isinstance(index, faiss.IndexIDMap2):
-        yield segment_items(index)
-        return
-    ivf = faiss.extract_index_ivf(index)
-    for list_no in range(ivf.nlist):
-        yield inverted_list(ivf, list_no)
 
 
 def _check_segments(layout, catalog, config, live, report, found) -> None:
@@ -251,13 +244,11 @@ def _check_segments(layout, catalog, config, live, report, found) -> None:
         if name in found.damaged_files:
             found.bad_segments.add(segment.name)
             continue
-        try:
-            index = load_segment(layout.segment(segment.name), dim, sha256=None)
+        try:  # IVF lists are read one at a time: an unreadable one raises mid-walk
+            _check_segment(layout, catalog, segment, live, seen, report, found, dim)
         except MgvrError as e:
             report.problems.append(f"coarse: {e}")
             found.bad_segments.add(segment.name)
-            continue
-        _check_segment(layout, catalog, segment, index, live, seen, report, found, dim)
     unplaced = np.flatnonzero(seen == 0)
     if len(unplaced):
         report.problems.append(f"coarse: {len(unplaced)} live clips have no coarse vector "
@@ -278,11 +269,15 @@ def _stored_as(stored: np.ndarray, fine: np.ndarray, index) -> np.ndarray:
     return np.abs(stored - expected).max(axis=1) <= EXACT_TOLERANCE
 
 
-def _check_segment(layout, catalog, segment: SegmentRecord, index, live, seen, report, found,
+def _check_segment(layout, catalog, segment: SegmentRecord, live, seen, report, found,
                    dim) -> None:
+    """One segment, loaded here so that it is freed before the next one is loaded."""
+    path = layout.segment(segment.name)
+    index = load_segment(path, dim, sha256=None, lists_on_disk=True)
     dead = set(catalog.tombstones(segment.name))
+    bad_clips = np.fromiter(found.bad_clips, np.int64, len(found.bad_clips))
     wrong = extra = duplicate = 0
-    for ids, vectors in _segment_chunks(index):
+    for ids, vectors in segment_pieces(index, path):
         positions, is_live = live.find(ids)
         mine = is_live.copy()
         mine[is_live] = live.segment[positions[is_live]] == segment.name
@@ -294,7 +289,7 @@ def _check_segment(layout, catalog, segment: SegmentRecord, index, live, seen, r
         positions = positions[mine]
         duplicate += int((seen[positions] > 0).sum())
         seen[positions] += 1
-        good = np.array([live.ids[p] not in found.bad_clips for p in positions], bool)
+        good = ~np.isin(live.ids[positions], bad_clips)
         if good.any():
             fine = _fine_coarse(layout, live, positions[good], dim, found.bad_sidecars)
             wrong += int((~_stored_as(vectors[mine][good], fine, index)).sum())
@@ -321,7 +316,7 @@ def _repair(layout, catalog, config, live: _Locations, report, found) -> None:
             commit.apply()
         report.repaired.append(f"rebuilt {len(found.bad_sidecars)} sidecars from their "
                                "Parquet parts")
-        live.sidecars.clear()  # mappings of the damaged files
+        live.close_sidecars()  # the damaged files
     lost_paths = sorted({loc.video_path for loc in catalog.clip_locations()
                          if loc.clip_id in found.bad_clips}) if found.bad_clips else []
     if found.bad_segments or found.untombstoned or lost_paths or found.bad_parts:
