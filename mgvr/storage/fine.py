@@ -430,9 +430,13 @@ class SidecarFile:
     whose random reads want no readahead. Use as a context manager, or close()."""
 
     def __init__(self, path: Path) -> None:
-        with open(path, "rb") as f:
-            self.offset, self.rows, self.dtype = _read_sidecar_header(f)
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd = os.open(path, os.O_RDONLY)  # one descriptor for the header and the rows
+        try:
+            with open(self.fd, "rb", closefd=False) as f:
+                self.offset, self.rows, self.dtype = _read_sidecar_header(f)
+        except BaseException:
+            os.close(self.fd)
+            raise
         os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
         self.path = path
 
