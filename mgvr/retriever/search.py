@@ -358,8 +358,9 @@ class Retriever:
         order = coarse_to_fine_order(torch.from_numpy(clip_ids)[None],
                                      torch.from_numpy(ranking_scores)[None])[0].tolist()
         coarse_of = {int(i): float(s) for i, s in zip(clip_ids, coarse_scores, strict=True)}
-        score_of = coarse_of | {int(i): float(s) for i, s in zip(fine_ids[:len(ranking_scores)],
-                                                                 ranking_scores, strict=True)}
+        score_of = coarse_of | ({int(i): float(s) for i, s in zip(fine_ids, fine_scores,
+                                                                  strict=True)}
+                                if rerank else {})
         moment_of = {int(i): float(m) for i, m in zip(fine_ids, moments, strict=True)}
         frames_of = {int(i): _frame_strip(batch.frame_times[n], gates[n], batch.n_frames[n])
                      for n, i in enumerate(fine_ids)}
