@@ -185,6 +185,25 @@ def test_a_lost_config_is_rebuilt_from_the_parts(tmp_path, videos, tiny_model):
     assert len(_paths(index_dir)) == 4
 
 
+
+def test_a_first_run_killed_before_its_config_leaves_nothing_to_repair(tmp_path, videos,
+                                                                        tiny_model):
+    # What a kill between the catalog's creation and mgvr.json leaves (test_crash kills at
+    # random moments and found it): a catalog with a run still "running" and no commit.
+    from mgvr.storage.catalog import Catalog
+
+    index_dir = tmp_path / "idx"
+    index_dir.mkdir()
+    catalog = Catalog.create(index_dir / "catalog.sqlite")
+    catalog.start_run("index", str(videos), 999999)
+    catalog.close()
+    assert verify_index(index_dir).clean
+    assert run_cli("verify", "--index", str(index_dir)).returncode == 0
+    search = run_cli("search", "x", "--index", str(index_dir))
+    assert search.returncode != 0 and "run `mgvr index FOLDER` again" in search.stderr
+    assert _index(videos, index_dir, tiny_model).returncode == 0
+    assert len(_paths(index_dir)) == 4 and verify_index(index_dir).clean
+
 # 6. read-only indexes ------------------------------------------------------------------------
 
 def test_search_status_and_verify_work_on_an_index_that_cannot_be_written(

@@ -70,12 +70,33 @@ class IndexLayout:
         """Something of an index is here: its config, its catalog or its data files."""
         return self.config.is_file() or self.catalog.exists() or bool(self.data_files())
 
+    def never_committed(self) -> bool:
+        """A new index whose first run stopped before it wrote mgvr.json (a run makes the
+        catalog first, to log itself, and the config once the model is loaded): nothing was
+        committed, so nothing can be damaged, and the next `mgvr index` starts it afresh."""
+        from mgvr.storage.catalog import Catalog
+
+        if self.config.exists() or not self.catalog.is_file():
+            return False
+        try:
+            catalog = Catalog(self.catalog)
+        except IndexDamagedError:
+            return False
+        try:
+            return catalog.generation() == 0
+        finally:
+            catalog.close()
+
     def require(self) -> IndexLayout:
         """This layout, or IndexNotFoundError when no index lives here."""
         if not self.exists():
             raise IndexNotFoundError(
                 f"{self.root}: no mgvr index here; build one with `mgvr index FOLDER` "
                 "or point --index / $MGVR_INDEX at an existing index")
+        if self.never_committed():
+            raise IndexNotFoundError(
+                f"{self.root}: no mgvr index here yet: its first `mgvr index` run stopped "
+                "before it committed anything; run `mgvr index FOLDER` again")
         if not self.config.is_file():
             raise IndexDamagedError(f"{self.config}: missing beside the index's data; run "
                                     "`mgvr verify --repair` to rebuild it from the Parquet parts")

@@ -371,6 +371,8 @@ def verify_directory(layout: IndexLayout, repair: bool = False) -> VerifyReport:
     from mgvr.errors import IncompatibleIndexError, IndexDamagedError
     from mgvr.storage.rebuild import rebuild_catalog, rebuild_config
 
+    if layout.never_committed():
+        return VerifyReport(orphans=[layout.relative(p) for p in layout.data_files()])
     rebuilt: list[str] = []
     try:
         IndexConfig.load(layout.root)
@@ -403,3 +405,4 @@ def verify_directory(layout: IndexLayout, repair: bool = False) -> VerifyReport:
         catalog.close()
     report.repaired[:0] = rebuilt
     return report
+
