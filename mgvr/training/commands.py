@@ -19,7 +19,7 @@ from mgvr.errors import MgvrError, UsageError
 
 # The demo's recipe: a small CLIP trained from scratch, at the head's learning rate, embeddings
 # included (ablations behind these numbers: docs/ARCHITECTURE.md, Evaluation).
-DEMO_RECIPE = {"train_clips": 400, "test_clips": 200, "epochs": 40, "batch_size": 16,
+DEMO_RECIPE = {"train_clips": 400, "test_clips": 400, "epochs": 40, "batch_size": 64,
                "lr": 1e-3}
 
 CacheDir = Annotated[Path | None, typer.Option(
@@ -302,7 +302,8 @@ def demo_command(
     train_clips: Annotated[int, typer.Option(help="Generated training clips.")]
         = DEMO_RECIPE["train_clips"],
     test_clips: Annotated[int, typer.Option(
-        help="Generated test clips (at most 300).")] = DEMO_RECIPE["test_clips"],
+        help="Generated test clips (capped, 400 today, so that each test caption matches "
+             "exactly one clip).")] = DEMO_RECIPE["test_clips"],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = DEMO_RECIPE["epochs"],
     seed: Annotated[int, typer.Option(help="Seed of the corpus and the training.")] = 0,
     generate_only: Annotated[bool, typer.Option(
