@@ -86,3 +86,25 @@ def test_the_index_keeps_its_own_copy_of_the_checkpoint(tmp_path, corpus, checkp
     head_file.write_bytes(head_file.read_bytes()[:-4] + b"\0\0\0\0")
     result = run_cli("search", "x", "--index", str(moved))
     assert result.returncode == 2 and "the head changed since the index was built" in result.stderr
+
+
+def test_a_first_run_killed_after_copying_a_checkpoint_uses_the_one_asked_for_next(
+        tmp_path, corpus, checkpoint, tiny_model):
+    """A first run killed between copying its checkpoint into model/ and writing mgvr.json
+    leaves that copy; the next run, with another checkpoint, must index with the new one."""
+    from mgvr.model.head import copy_checkpoint, head_sha256
+    from mgvr.storage.catalog import Catalog
+
+    directory, _ = checkpoint
+    other = tmp_path / "other" / "checkpoint"
+    save_tiny_checkpoint(other, tiny_model, w_g_noise=0.9, w_f_noise=0.5)
+    index_dir = tmp_path / "idx"
+    index_dir.mkdir()
+    Catalog.create(index_dir / "catalog.sqlite").close()
+    copy_checkpoint(other, index_dir / "model")  # what the killed run had copied
+    result = run_cli("index", str(corpus / "nested"), "--index", str(index_dir),
+                     "--model-checkpoint", str(directory))
+    assert result.returncode == 0, result.stderr
+    config = Retriever(index_dir, device="cpu").config
+    assert config.head_source == str(directory)
+    assert head_sha256(index_dir / "model") == head_sha256(directory) != head_sha256(other)

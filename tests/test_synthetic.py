@@ -2,6 +2,7 @@
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,14 @@ from mgvr.indexer.decode import ClipSpan, FrameRecipe, decode_clip, probe
 from mgvr.training.datasets import read_msrvtt
 from mgvr.training.synthetic import (
     COLOURS,
+    MAIN_SIZE,
     MAX_TEST_CLIPS,
     SYNTHETIC_ARCHITECTURE,
     Scene,
+    _shape_mask,
     generate_corpus,
+    random_scene,
+    render,
 )
 
 
@@ -76,6 +81,16 @@ def test_brief_object_shows_in_one_of_twelve_sampled_frames(corpus):
         near = (np.abs(clip.frames.astype(int) - colour).sum(-1) < 60).sum(axis=(1, 2))
         # The main object never has the brief object's colour, so only brief frames light up.
         assert (near > 15).sum() == 1, near.tolist()
+
+
+def test_the_brief_object_never_covers_the_main_object():
+    # The main object's pixel count stays that of its mask in every frame of every scene.
+    rng = random.Random(0)
+    for _ in range(300):
+        scene = random_scene(rng)
+        frames = render(scene)
+        main = (frames == np.array(COLOURS[scene.colour], np.uint8)).all(-1).sum(axis=(1, 2))
+        assert set(main.tolist()) == {int(_shape_mask(scene.shape, MAIN_SIZE).sum())}, scene
 
 
 def test_regenerating_keeps_existing_videos(corpus):

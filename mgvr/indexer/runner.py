@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -214,8 +215,10 @@ class Indexer:
             if opts.model or opts.pretrained:
                 raise UsageError("--model-checkpoint brings its own CLIP; drop --model and "
                                  "--pretrained")
+            # A copy left by a first run killed before mgvr.json may be of another checkpoint.
             inside = self.layout.model_dir
-            if not inside.is_dir():
+            if inside.resolve() != Path(checkpoint):
+                shutil.rmtree(inside, ignore_errors=True)
                 copy_checkpoint(Path(checkpoint), inside)
             model, pretrained = checkpoint_clip_args(inside)
             head_sha = head_sha256(inside)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from pathlib import Path
 
 import platformdirs
@@ -84,6 +85,8 @@ class IndexLayout:
             return False
         try:
             return catalog.generation() == 0
+        except sqlite3.DatabaseError:  # a catalog this damaged is for verify to report
+            return False
         finally:
             catalog.close()
 
@@ -95,8 +98,9 @@ class IndexLayout:
                 "or point --index / $MGVR_INDEX at an existing index")
         if self.never_committed():
             raise IndexNotFoundError(
-                f"{self.root}: no mgvr index here yet: its first `mgvr index` run stopped "
-                "before it committed anything; run `mgvr index FOLDER` again")
+                f"{self.root}: no mgvr index here yet: its first `mgvr index` run has not "
+                "committed anything (it is still going, or it was stopped); run `mgvr index "
+                "FOLDER` again if it stopped")
         if not self.config.is_file():
             raise IndexDamagedError(f"{self.config}: missing beside the index's data; run "
                                     "`mgvr verify --repair` to rebuild it from the Parquet parts")

@@ -405,4 +405,3 @@ def verify_directory(layout: IndexLayout, repair: bool = False) -> VerifyReport:
         catalog.close()
     report.repaired[:0] = rebuilt
     return report
-

@@ -107,7 +107,9 @@ def full_caption(scene: Scene, rng: random.Random) -> str:
 
 def random_scene(rng: random.Random) -> Scene:
     colour, brief_colour = rng.sample(sorted(COLOURS), 2)
-    segments = round(SECONDS / BRIEF_SECONDS * 2)  # brief starts on a sampling-segment boundary
+    # Starts on a frame k (of 1/8 s) and covers frames k and k+1; the 12 samples take the odd
+    # frames, so exactly one of the two is sampled.
+    segments = round(SECONDS / BRIEF_SECONDS * 2)
     start = rng.randrange(1, segments - 2) * SECONDS / segments
     return Scene(colour, rng.choice(SHAPES), rng.choice(DIRECTIONS),
                  rng.choice(sorted(BACKGROUNDS)), brief_colour, rng.choice(SHAPES),
@@ -147,10 +149,13 @@ def render(scene: Scene) -> np.ndarray:
         scene.brief_shape, BRIEF_SIZE)
     margin = MAIN_SIZE / 2
     lane = margin + scene.lane * (size - 2 * margin)
-    # The brief object sits beside the main object's lane, never on it.
-    side = (lane - MAIN_SIZE / 2 - BRIEF_SIZE / 2 - 2 if scene.brief_place[1] < 0.5
-            else lane + MAIN_SIZE / 2 + BRIEF_SIZE / 2 + 2)
-    side = min(max(side, BRIEF_SIZE / 2), size - BRIEF_SIZE / 2)
+    # The brief object sits beside the main object's lane, never on it: on the side the scene
+    # asks for when it fits in the frame there, else on the other (one side always fits).
+    before, after = (lane - MAIN_SIZE / 2 - BRIEF_SIZE / 2 - 2,
+                     lane + MAIN_SIZE / 2 + BRIEF_SIZE / 2 + 2)
+    fits = [c for c in ((before, after) if scene.brief_place[1] < 0.5 else (after, before))
+            if BRIEF_SIZE / 2 <= c <= size - BRIEF_SIZE / 2]
+    side = fits[0]
     along = BRIEF_SIZE / 2 + scene.brief_place[0] * (size - BRIEF_SIZE)
     frames = np.empty((count, size, size, 3), np.uint8)
     for index in range(count):
@@ -245,7 +250,7 @@ def generate_corpus(root: Path, train_clips: int, test_clips: int, seed: int = 0
     test = _sample_test_scenes(test_clips, rng)
     videos = root / "videos"
     videos.mkdir(parents=True, exist_ok=True)
-    info = {"generator": "mgvr synthetic", "videos_version": 1, "captions_version": 2,
+    info = {"generator": "mgvr synthetic", "videos_version": 2, "captions_version": 2,
             "seed": seed, "train_clips": train_clips, "test_clips": test_clips}
     # Same scenes (captions may have changed): keep the mp4 files already written.
     previous = _existing_info(root) or {}
