@@ -372,7 +372,13 @@ def verify_directory(layout: IndexLayout, repair: bool = False) -> VerifyReport:
     from mgvr.storage.rebuild import rebuild_catalog, rebuild_config
 
     if layout.never_committed():
-        return VerifyReport(orphans=[layout.relative(p) for p in layout.data_files()])
+        catalog = layout.open_catalog()
+        try:
+            orphans, foreign = unregistered_files(layout, catalog)
+        finally:
+            catalog.close()
+        return VerifyReport(orphans=[layout.relative(p) for p in orphans],
+                            foreign=[layout.relative(p) for p in foreign])
     rebuilt: list[str] = []
     try:
         IndexConfig.load(layout.root)
