@@ -383,7 +383,8 @@ def _test_videos(test, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for video in test.videos:
         target = folder / video.name
-        if not (target.is_file() and target.samefile(video)):  # a regenerated video: relink
+        # A hard link or a copy2 copy has the video's size and mtime; a regenerated video not.
+        if not (target.is_file() and _size_and_mtime(target) == _size_and_mtime(video)):
             target.unlink(missing_ok=True)
             try:
                 target.hardlink_to(video)
@@ -397,6 +398,11 @@ def _test_videos(test, folder: Path) -> Path:
                                         strict=True):
             writer.writerow([test.videos[video].name, caption, kind or ""])
     return captions
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _index_test_videos(folder: Path, index: Path, checkpoint: Path, workers: int,
