@@ -141,3 +141,16 @@ def test_demo_trains_indexes_and_leaves_a_searchable_index(tmp_path):
     assert search.returncode == 0, search.stderr
     hits = json.loads(search.stdout)["hits"]
     assert {Path(hit["path"]).parent for hit in hits} == {(directory / "test-videos").resolve()}
+
+    # Other flags over a trained run: refused (not resumed with the old run's options), the
+    # run left as it was; the same flags again resume the finished run.
+    trained = (directory / "run" / "checkpoint" / "head.safetensors").read_bytes()
+    other = CliRunner().invoke(app, ["demo", str(directory), "--train-clips", "4",
+                                     "--test-clips", "6", "--epochs", "2", "--threads", "1"])
+    assert other.exit_code == 2, other.output
+    assert f"{directory / 'run'} was trained with other demo settings (epochs)" in other.output
+    assert (directory / "run" / "checkpoint" / "head.safetensors").read_bytes() == trained
+    again = CliRunner().invoke(app, ["demo", str(directory), "--train-clips", "4",
+                                     "--test-clips", "6", "--epochs", "1", "--threads", "1"])
+    assert again.exit_code == 0, again.output
+    assert (directory / "run" / "checkpoint" / "head.safetensors").read_bytes() == trained

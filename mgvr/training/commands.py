@@ -302,8 +302,9 @@ def demo_command(
     train_clips: Annotated[int, typer.Option(help="Generated training clips.")]
         = DEMO_RECIPE["train_clips"],
     test_clips: Annotated[int, typer.Option(
-        help="Generated test clips (capped, 400 today, so that each test caption matches "
-             "exactly one clip).")] = DEMO_RECIPE["test_clips"],
+        help="Generated test clips, at most as many as have unique captions (a too large "
+             "number is refused with the cap), so that each test caption matches exactly one "
+             "clip.")] = DEMO_RECIPE["test_clips"],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = DEMO_RECIPE["epochs"],
     seed: Annotated[int, typer.Option(help="Seed of the corpus and the training.")] = 0,
     generate_only: Annotated[bool, typer.Option(
@@ -335,6 +336,11 @@ def demo_command(
     try:
         if not 0 < test_clips <= MAX_TEST_CLIPS:
             raise UsageError(f"--test-clips must be in 1..{MAX_TEST_CLIPS}, not {test_clips}")
+        # Checked before the corpus is rendered again for other flags under a finished run.
+        resume = _demo_run_matches(directory, {
+            "train_clips": train_clips, "epochs": epochs, "seed": seed,
+            "batch_size": DEMO_RECIPE["batch_size"], "lr": DEMO_RECIPE["lr"],
+            "architecture": SYNTHETIC_ARCHITECTURE})
         started = time.monotonic()
         summary = generate_corpus(corpus, train_clips, test_clips, seed, workers,
                                   progress=lambda done, total: done % 200 == 0 and _note(
@@ -345,7 +351,6 @@ def demo_command(
             return
         architecture = directory / f"{SYNTHETIC_ARCHITECTURE_NAME}.json"
         architecture.write_text(json.dumps(SYNTHETIC_ARCHITECTURE, indent=2))
-        resume = (run / "checkpoint").is_dir()
         train_command(corpus, run, model=str(architecture), pretrained="none", frames=12,
                       epochs=epochs, batch_size=DEMO_RECIPE["batch_size"],
                       lr=DEMO_RECIPE["lr"], clip_lr=DEMO_RECIPE["lr"], weight_decay=0.2,
@@ -372,6 +377,30 @@ def demo_command(
         # Become the server (the demo's memory goes with it): the command users would type.
         os.execv(sys.executable, [sys.executable, "-m", "mgvr.cli", "serve", "--index",
                                   str(index)])
+
+
+def _demo_run_matches(directory: Path, settings: dict) -> bool:
+    """Whether DIR/run is to be resumed: a run killed or finished with these settings is,
+    none yet is not (the settings are recorded for next time); a run of other settings (other
+    flags, or an earlier mgvr's recipe) is refused rather than silently continued."""
+    recorded, run = directory / "demo-settings.json", directory / "run"
+    if not (run / "checkpoint").is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        recorded.write_text(json.dumps(settings, indent=2, sort_keys=True))
+        return False
+    try:
+        before = json.loads(recorded.read_text())
+    except (OSError, ValueError):
+        before = None
+    if before == settings:
+        return True
+    if isinstance(before, dict):
+        changed = sorted(key for key in settings if before.get(key) != settings[key])
+        what = f"other demo settings ({', '.join(changed)})"
+    else:
+        what = f"an earlier mgvr's demo (no {recorded.name})"
+    raise UsageError(f"{run} was trained with {what}; delete {run} to train anew, or use "
+                     "another folder")
 
 
 def _test_videos(test, folder: Path) -> Path:
