@@ -3,6 +3,7 @@
 import csv
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -142,15 +143,27 @@ def test_demo_trains_indexes_and_leaves_a_searchable_index(tmp_path):
     hits = json.loads(search.stdout)["hits"]
     assert {Path(hit["path"]).parent for hit in hits} == {(directory / "test-videos").resolve()}
 
-    # Other flags over a trained run: refused (not resumed with the old run's options), the
-    # run left as it was; the same flags again resume the finished run.
-    trained = (directory / "run" / "checkpoint" / "head.safetensors").read_bytes()
-    other = CliRunner().invoke(app, ["demo", str(directory), "--train-clips", "4",
-                                     "--test-clips", "6", "--epochs", "2", "--threads", "1"])
+    # Other flags over a trained run: refused before anything is rendered or trained (it was
+    # resumed with the old run's options); the same flags again reuse the finished run.
+    def demo(*flags):
+        return CliRunner().invoke(app, ["demo", str(directory), "--threads", "1", *flags])
+
+    head = directory / "run" / "checkpoint" / "head.safetensors"
+    trained, corpus = head.read_bytes(), (directory / "corpus" / "MSRVTT_data.json").read_bytes()
+    other = demo("--train-clips", "4", "--test-clips", "6", "--epochs", "1", "--seed", "1")
     assert other.exit_code == 2, other.output
-    assert f"{directory / 'run'} was trained with other demo settings (epochs)" in other.output
-    assert (directory / "run" / "checkpoint" / "head.safetensors").read_bytes() == trained
-    again = CliRunner().invoke(app, ["demo", str(directory), "--train-clips", "4",
-                                     "--test-clips", "6", "--epochs", "1", "--threads", "1"])
+    assert f"{directory / 'run'} was trained with other demo settings (seed)" in other.output
+    assert head.read_bytes() == trained
+    assert (directory / "corpus" / "MSRVTT_data.json").read_bytes() == corpus
+    again = demo("--train-clips", "4", "--test-clips", "6", "--epochs", "1")
     assert again.exit_code == 0, again.output
-    assert (directory / "run" / "checkpoint" / "head.safetensors").read_bytes() == trained
+    assert head.read_bytes() == trained
+    (directory / "demo-settings.json").unlink()  # as a run of an earlier mgvr left it
+    old = demo("--train-clips", "4", "--test-clips", "6", "--epochs", "1")
+    assert old.exit_code == 2 and "an earlier mgvr's demo" in old.output
+    # Deleted as the message says, a new run with fewer test clips searches only its own.
+    shutil.rmtree(directory / "run")
+    fewer = demo("--train-clips", "4", "--test-clips", "4", "--epochs", "1")
+    assert fewer.exit_code == 0, fewer.output
+    assert "4 queries, 4 clips" in fewer.output
+    assert len(list((directory / "test-videos").glob("*.mp4"))) == 4

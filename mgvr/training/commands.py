@@ -19,8 +19,11 @@ from mgvr.errors import MgvrError, UsageError
 
 # The demo's recipe: a small CLIP trained from scratch, at the head's learning rate, embeddings
 # included (ablations behind these numbers: docs/ARCHITECTURE.md, Evaluation).
-DEMO_RECIPE = {"train_clips": 400, "test_clips": 400, "epochs": 60, "batch_size": 64,
-               "lr": 1e-3}
+DEMO_RECIPE = {"train_clips": 400, "test_clips": 400, "epochs": 60}
+DEMO_TRAINING = {"frames": 12, "batch_size": 64, "lr": 1e-3, "clip_lr": 1e-3,
+                 "weight_decay": 0.2, "warmup": 0.1, "grad_clip": 1.0, "weak_weight": 0.8,
+                 "tib_weight": 0.2, "pearson_weight": 0.001, "coarse_mix": 0.5,
+                 "frame_weak_mix": 0.5, "head_layers": 4, "freeze_embeddings": False}
 
 CacheDir = Annotated[Path | None, typer.Option(
     help="Where decoded frames are cached. Default: the per-user cache directory.",
@@ -302,9 +305,8 @@ def demo_command(
     train_clips: Annotated[int, typer.Option(help="Generated training clips.")]
         = DEMO_RECIPE["train_clips"],
     test_clips: Annotated[int, typer.Option(
-        help="Generated test clips, at most as many as have unique captions (a too large "
-             "number is refused with the cap), so that each test caption matches exactly one "
-             "clip.")] = DEMO_RECIPE["test_clips"],
+        help="Generated test clips; capped (a larger number is refused, naming the cap) so "
+             "that each test caption matches exactly one clip.")] = DEMO_RECIPE["test_clips"],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = DEMO_RECIPE["epochs"],
     seed: Annotated[int, typer.Option(help="Seed of the corpus and the training.")] = 0,
     generate_only: Annotated[bool, typer.Option(
@@ -323,9 +325,14 @@ def demo_command(
     is a small CLIP trained from scratch with the EERCF loss; `mgvr index` builds DIR/index of
     the test clips with it, and the table comes from searching that index (`mgvr eval
     --index`), overall and per caption kind, with 95 % intervals.
+
+    Rerun with the same flags, it continues a killed run or reuses the finished one; other
+    --train-clips, --test-clips, --epochs or --seed over a trained DIR/run (or a run of an
+    earlier recipe) are refused: delete DIR/run or use another folder.
     """
     from mgvr.training.datasets import load_dataset
     from mgvr.training.synthetic import (
+        GENERATOR,
         MAX_TEST_CLIPS,
         SYNTHETIC_ARCHITECTURE,
         SYNTHETIC_ARCHITECTURE_NAME,
@@ -336,11 +343,15 @@ def demo_command(
     try:
         if not 0 < test_clips <= MAX_TEST_CLIPS:
             raise UsageError(f"--test-clips must be in 1..{MAX_TEST_CLIPS}, not {test_clips}")
-        # Checked before the corpus is rendered again for other flags under a finished run.
-        resume = _demo_run_matches(directory, {
-            "train_clips": train_clips, "epochs": epochs, "seed": seed,
-            "batch_size": DEMO_RECIPE["batch_size"], "lr": DEMO_RECIPE["lr"],
-            "architecture": SYNTHETIC_ARCHITECTURE})
+        for name, value in (("--train-clips", train_clips), ("--epochs", epochs)):
+            if value <= 0:
+                raise UsageError(f"{name} must be positive, not {value}")
+        # Before the corpus is rendered again for other flags under a trained run. The test
+        # clips count too: they are drawn from the seed's generator before the training captions.
+        resume = _resume_or_record(directory, {
+            "train_clips": train_clips, "test_clips": test_clips, "epochs": epochs,
+            "seed": seed, "training": DEMO_TRAINING, "architecture": SYNTHETIC_ARCHITECTURE,
+            "corpus": GENERATOR})
         started = time.monotonic()
         summary = generate_corpus(corpus, train_clips, test_clips, seed, workers,
                                   progress=lambda done, total: done % 200 == 0 and _note(
@@ -351,14 +362,10 @@ def demo_command(
             return
         architecture = directory / f"{SYNTHETIC_ARCHITECTURE_NAME}.json"
         architecture.write_text(json.dumps(SYNTHETIC_ARCHITECTURE, indent=2))
-        train_command(corpus, run, model=str(architecture), pretrained="none", frames=12,
-                      epochs=epochs, batch_size=DEMO_RECIPE["batch_size"],
-                      lr=DEMO_RECIPE["lr"], clip_lr=DEMO_RECIPE["lr"], weight_decay=0.2,
-                      warmup=0.1, grad_clip=1.0, weak_weight=0.8, tib_weight=0.2,
-                      pearson_weight=0.001, coarse_mix=0.5, frame_weak_mix=0.5, head_layers=4,
-                      freeze_embeddings=False, seed=seed, resume=resume, save_every=0,
-                      log_every=20, cache_dir=directory / "frame-cache", workers=workers,
-                      device=device, threads=threads, quiet=False)
+        train_command(corpus, run, model=str(architecture), pretrained="none", epochs=epochs,
+                      seed=seed, resume=resume, save_every=0, log_every=20,
+                      cache_dir=directory / "frame-cache", workers=workers, device=device,
+                      threads=threads, quiet=False, **DEMO_TRAINING)
         captions = _test_videos(load_dataset(corpus, "test"), directory / "test-videos")
         index = directory / "index"
         _index_test_videos(captions.parent, index, run / "checkpoint", workers, device)
@@ -379,13 +386,28 @@ def demo_command(
                                   str(index)])
 
 
-def _demo_run_matches(directory: Path, settings: dict) -> bool:
-    """Whether DIR/run is to be resumed: a run killed or finished with these settings is,
-    none yet is not (the settings are recorded for next time); a run of other settings (other
-    flags, or an earlier mgvr's recipe) is refused rather than silently continued."""
+def _resume_or_record(directory: Path, settings: dict) -> bool:
+    """Whether to resume DIR/run: yes for a run (killed or finished) of these settings. With
+    no run yet, the settings are recorded and the derived test folder and index cleared (a
+    new run draws other test clips); a run of other settings is refused, never continued."""
+    import shutil
+
+    from mgvr.training.checkpoint import checkpoint_path
+    from mgvr.training.synthetic import GENERATOR, corpus_info
+
     recorded, run = directory / "demo-settings.json", directory / "run"
-    if not (run / "checkpoint").is_dir():
-        directory.mkdir(parents=True, exist_ok=True)
+    settings = json.loads(json.dumps(settings))  # as it reads back: lists, not tuples
+    if checkpoint_path(run) is None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"{directory}: cannot create the demo folder ({e.strerror}); "
+                             "choose another folder") from None
+        # Only in a folder a demo made: DIR might be someone's folder holding an "index".
+        info = corpus_info(directory / "corpus") or {}
+        if recorded.is_file() or info.get("generator") == GENERATOR["generator"]:
+            for derived in (directory / "test-videos", directory / "index"):
+                shutil.rmtree(derived, ignore_errors=True)
         recorded.write_text(json.dumps(settings, indent=2, sort_keys=True))
         return False
     try:
@@ -395,10 +417,11 @@ def _demo_run_matches(directory: Path, settings: dict) -> bool:
     if before == settings:
         return True
     if isinstance(before, dict):
-        changed = sorted(key for key in settings if before.get(key) != settings[key])
+        changed = sorted(key for key in settings.keys() | before.keys()
+                         if before.get(key) != settings.get(key))
         what = f"other demo settings ({', '.join(changed)})"
     else:
-        what = f"an earlier mgvr's demo (no {recorded.name})"
+        what = f"an earlier mgvr's demo (no readable {recorded.name})"
     raise UsageError(f"{run} was trained with {what}; delete {run} to train anew, or use "
                      "another folder")
 
@@ -451,7 +474,8 @@ def _index_test_videos(folder: Path, index: Path, checkpoint: Path, workers: int
                                        and fresh.stat().st_mtime > copied.stat().st_mtime):
             shutil.rmtree(index)
     started = time.monotonic()
-    summary = Indexer(index, IndexOptions(model_checkpoint=str(checkpoint), frames_per_clip=12,
+    summary = Indexer(index, IndexOptions(model_checkpoint=str(checkpoint),
+                                          frames_per_clip=DEMO_TRAINING["frames"],
                                           device=device, workers=max(1, workers),
                                           settle_seconds=0)).run(folder)
     _note(f"index: {summary.line()} ({time.monotonic() - started:.0f} s)")

@@ -49,6 +49,8 @@ BRIEF_SIZE = 28
 # test clips were drawn for each of 30 seeds, so 400 leaves a margin.
 MAX_TEST_CLIPS = 400
 BRIEF_SECONDS = 0.25  # a twelfth of the clip: 1 of 12 uniformly sampled frames
+# Bumped when the same seed renders other videos or draws other captions.
+GENERATOR = {"generator": "mgvr synthetic", "videos_version": 2, "captions_version": 2}
 
 # A small open_clip architecture for this corpus: a ResNet image tower (open_clip's
 # ModifiedResNet, 64 px frames, widths 16..128 x 4). The 48 px, 8 px-patch ViT used before
@@ -230,7 +232,8 @@ class CorpusSummary:
     written: int  # mp4 files written now (the rest existed already)
 
 
-def _existing_info(root: Path) -> dict | None:
+def corpus_info(root: Path) -> dict | None:
+    """The `info` block of a generated corpus at ROOT, or None where there is none."""
     try:
         return json.loads((root / "MSRVTT_data.json").read_text()).get("info")
     except (OSError, ValueError, AttributeError):
@@ -250,10 +253,9 @@ def generate_corpus(root: Path, train_clips: int, test_clips: int, seed: int = 0
     test = _sample_test_scenes(test_clips, rng)
     videos = root / "videos"
     videos.mkdir(parents=True, exist_ok=True)
-    info = {"generator": "mgvr synthetic", "videos_version": 2, "captions_version": 2,
-            "seed": seed, "train_clips": train_clips, "test_clips": test_clips}
+    info = {**GENERATOR, "seed": seed, "train_clips": train_clips, "test_clips": test_clips}
     # Same scenes (captions may have changed): keep the mp4 files already written.
-    previous = _existing_info(root) or {}
+    previous = corpus_info(root) or {}
     reuse = all(previous.get(key) == info[key]
                 for key in ("generator", "videos_version", "seed", "train_clips", "test_clips"))
 
