@@ -150,9 +150,12 @@ def test_demo_trains_indexes_and_leaves_a_searchable_index(tmp_path):
 
     head = directory / "run" / "checkpoint" / "head.safetensors"
     trained, corpus = head.read_bytes(), (directory / "corpus" / "MSRVTT_data.json").read_bytes()
-    other = demo("--train-clips", "4", "--test-clips", "6", "--epochs", "1", "--seed", "1")
-    assert other.exit_code == 2, other.output
-    assert f"{directory / 'run'} was trained with other demo settings (seed)" in other.output
+    for flag, value, setting in (("--seed", "1", "seed"), ("--test-clips", "5", "test_clips")):
+        flags = {"--train-clips": "4", "--test-clips": "6", "--epochs": "1", flag: value}
+        other = demo(*[item for pair in flags.items() for item in pair])
+        assert other.exit_code == 2, other.output
+        assert f"{directory / 'run'} was trained with other demo settings ({setting})" \
+            in other.output
     assert head.read_bytes() == trained
     assert (directory / "corpus" / "MSRVTT_data.json").read_bytes() == corpus
     again = demo("--train-clips", "4", "--test-clips", "6", "--epochs", "1")
@@ -167,3 +170,39 @@ def test_demo_trains_indexes_and_leaves_a_searchable_index(tmp_path):
     assert fewer.exit_code == 0, fewer.output
     assert "4 queries, 4 clips" in fewer.output
     assert len(list((directory / "test-videos").glob("*.mp4"))) == 4
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
+    """The demo rewrites DIR/index and DIR/test-videos: in a folder of someone else's, it stops
+    before writing anything."""
+    from typer.testing import CliRunner
+
+    from mgvr.cli import app
+
+    mine = tmp_path / "mine"
+    (mine / "index").mkdir(parents=True)
+    (mine / "index" / "notes.txt").write_text("keep")
+    (mine / "test-videos").mkdir()
+    (mine / "test-videos" / "holiday.mp4").write_bytes(b"not a demo video")
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["demo", str(mine), "--train-clips", "2",
+                                          "--test-clips", "2", "--generate-only"])
+        assert result.exit_code == 2, result.output
+        assert "holds index, test-videos not made by mgvr demo" in result.output
+    assert sorted(p.name for p in mine.rglob("*")) == [
+        "holiday.mp4", "index", "notes.txt", "test-videos"]
+
+
+def test_a_run_left_mid_checkpoint_swap_is_resumed_or_refused_like_a_whole_one(tmp_path):
+    """A kill between the checkpoint's two renames leaves only checkpoint.old: still a run."""
+    from mgvr.errors import UsageError
+    from mgvr.training.commands import _resume_or_record
+
+    settings = {"epochs": 2, "seed": 0}
+    assert _resume_or_record(tmp_path, settings) is False  # no run yet: recorded
+    left = tmp_path / "run" / "checkpoint.old"
+    left.mkdir(parents=True)
+    (left / "trainer.json").write_text("{}")
+    assert _resume_or_record(tmp_path, settings) is True
+    with pytest.raises(UsageError, match="other demo settings \\(epochs\\)"):
+        _resume_or_record(tmp_path, {"epochs": 3, "seed": 0})

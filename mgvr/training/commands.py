@@ -387,28 +387,28 @@ def demo_command(
 
 
 def _resume_or_record(directory: Path, settings: dict) -> bool:
-    """Whether to resume DIR/run: yes for a run (killed or finished) of these settings. With
-    no run yet, the settings are recorded and the derived test folder and index cleared (a
-    new run draws other test clips); a run of other settings is refused, never continued."""
-    import shutil
-
+    """Whether to resume DIR/run: yes for a run (killed or finished) of these settings; with
+    no run yet, the settings are recorded; a run of other settings is refused, never
+    continued. A folder the demo did not make is refused if it holds the demo's outputs'
+    names, which the demo rewrites."""
     from mgvr.training.checkpoint import checkpoint_path
     from mgvr.training.synthetic import GENERATOR, corpus_info
 
     recorded, run = directory / "demo-settings.json", directory / "run"
     settings = json.loads(json.dumps(settings))  # as it reads back: lists, not tuples
+    made_by_demo = recorded.is_file() or (corpus_info(directory / "corpus") or {}).get(
+        "generator") == GENERATOR["generator"]
+    taken = [name for name in ("index", "test-videos", "run") if (directory / name).exists()]
+    if not made_by_demo and taken:
+        raise UsageError(f"{directory} holds {', '.join(taken)} not made by mgvr demo; "
+                         "choose another folder")
     if checkpoint_path(run) is None:
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            recorded.write_text(json.dumps(settings, indent=2, sort_keys=True))
         except OSError as e:
-            raise UsageError(f"{directory}: cannot create the demo folder ({e.strerror}); "
+            raise UsageError(f"{directory}: cannot write the demo folder ({e.strerror}); "
                              "choose another folder") from None
-        # Only in a folder a demo made: DIR might be someone's folder holding an "index".
-        info = corpus_info(directory / "corpus") or {}
-        if recorded.is_file() or info.get("generator") == GENERATOR["generator"]:
-            for derived in (directory / "test-videos", directory / "index"):
-                shutil.rmtree(derived, ignore_errors=True)
-        recorded.write_text(json.dumps(settings, indent=2, sort_keys=True))
         return False
     try:
         before = json.loads(recorded.read_text())
@@ -433,6 +433,12 @@ def _test_videos(test, folder: Path) -> Path:
     import shutil
 
     folder.mkdir(parents=True, exist_ok=True)
+    captions = folder / "captions.csv"
+    # Videos an earlier run's test set put here (its captions.csv names them) and this one's
+    # does not hold would stay in the gallery as clips no query asks for.
+    current = {video.name for video in test.videos}
+    for name in _listed_videos(captions) - current:
+        (folder / name).unlink(missing_ok=True)
     for video in test.videos:
         target = folder / video.name
         # A hard link or a copy2 copy has the video's size and mtime; a regenerated video not.
@@ -442,7 +448,6 @@ def _test_videos(test, folder: Path) -> Path:
                 target.hardlink_to(video)
             except OSError:
                 shutil.copy2(video, target)
-    captions = folder / "captions.csv"
     with captions.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["video", "caption", "kind"])
@@ -450,6 +455,17 @@ def _test_videos(test, folder: Path) -> Path:
                                         strict=True):
             writer.writerow([test.videos[video].name, caption, kind or ""])
     return captions
+
+
+def _listed_videos(captions: Path) -> set[str]:
+    import csv
+
+    try:
+        with captions.open(newline="") as f:
+            return {row["video"] for row in csv.DictReader(f)
+                    if row.get("video") and Path(row["video"]).name == row["video"]}
+    except (OSError, KeyError, csv.Error, UnicodeDecodeError):
+        return set()
 
 
 def _size_and_mtime(path: Path) -> tuple[int, int]:
@@ -470,7 +486,8 @@ def _index_test_videos(folder: Path, index: Path, checkpoint: Path, workers: int
         head = IndexConfig.load(index).head_source
         copied = index / "model" / "head.safetensors"
         fresh = checkpoint / "head.safetensors"
-        if head != str(checkpoint) or (copied.is_file() and fresh.is_file()
+        # The index records the checkpoint's resolved path; DIR may be relative.
+        if head != str(checkpoint.resolve()) or (copied.is_file() and fresh.is_file()
                                        and fresh.stat().st_mtime > copied.stat().st_mtime):
             shutil.rmtree(index)
     started = time.monotonic()
