@@ -19,7 +19,7 @@ from mgvr.errors import MgvrError, UsageError
 
 # The demo's recipe: a small CLIP trained from scratch, at the head's learning rate, embeddings
 # included (ablations behind these numbers: docs/ARCHITECTURE.md, Evaluation).
-DEMO_RECIPE = {"train_clips": 400, "test_clips": 400, "epochs": 60}
+DEMO_RECIPE = {"train_clips": 400, "test_clips": 400, "epochs": 50}
 DEMO_TRAINING = {"frames": 12, "batch_size": 64, "lr": 1e-3, "clip_lr": 1e-3,
                  "weight_decay": 0.2, "warmup": 0.1, "grad_clip": 1.0, "weak_weight": 0.8,
                  "tib_weight": 0.2, "pearson_weight": 0.001, "coarse_mix": 0.5,
